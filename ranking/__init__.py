@@ -1,0 +1,1 @@
+"""Features, models, training data, training, evaluation and the batch scorer."""
