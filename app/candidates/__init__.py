@@ -1,0 +1,1 @@
+"""Candidate generation: per-channel query builders, one `_msearch`, merge and fusion."""

@@ -1,0 +1,26 @@
+"""Types shared by candidate generation, the ranking scorer and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Retrieval channels, in the order their flags appear in ranking features.
+CHANNELS = ("history_content", "collaborative", "query_text", "query_semantic", "popular_fresh")
+
+
+@dataclass(frozen=True)
+class ChannelHit:
+    """One channel's vote for a candidate: its 1-based rank and raw score in that channel."""
+
+    channel: str
+    rank: int
+    score: float
+
+
+@dataclass
+class Candidate:
+    """A video found by one or more channels, with the fused (reciprocal rank fusion) score."""
+
+    video_id: str
+    sources: list[ChannelHit] = field(default_factory=list)
+    fused_score: float = 0.0
