@@ -65,6 +65,29 @@ class Settings(BaseSettings):
     worker_policy: Literal["round_robin", "least_loaded", "hash"] = Field(
         "round_robin", description="how the aggregator picks a ranking worker"
     )
+    worker_hash_key: Literal["user_id", "region", "language", "category"] = Field(
+        "user_id", description="request parameter the hash policy maps to a worker"
+    )
+    worker_timeout_ms: float = Field(
+        30.0, gt=0, description="time a worker gets for one batch before the batch is also sent to another worker"
+    )
+    ranking_deadline_ms: float = Field(
+        60.0, gt=0, description="time the ranking stage gets per request; past it the response uses the fused order"
+    )
+    worker_min_batch: int = Field(128, ge=1, description="fewest candidates per batch sent to a worker")
+    worker_threads: int = Field(1, ge=1, le=64, description="torch threads of each ranking worker")
+    scorer_loader: str = Field(
+        "ranking.scorer:load_scorer",
+        description="import path module:function of the loader (settings, version) -> Scorer",
+    )
+    popular_fallback_size: int = Field(
+        500, ge=1, le=10_000, description="popular videos kept in memory and on disk for answers without Elasticsearch"
+    )
+    impressions_buffer_size: int = Field(
+        50_000, ge=1, description="impressions held in memory while Elasticsearch is slow or down; more are dropped"
+    )
+    impressions_batch_size: int = Field(1000, ge=1, description="impressions written per bulk request")
+    impressions_flush_interval_s: float = Field(1.0, gt=0, description="seconds between impression bulk writes")
 
     # Data.
     data_dir: Path | None = Field(None, description="folder with the datasets (movielens-latest-small, ...)")
