@@ -52,6 +52,21 @@ class Settings(BaseSettings):
     )
     embedding_dims: int = Field(384, ge=1, description="dimension of text_embedding in the videos mapping")
     embedding_max_chars: int = Field(1000, ge=16, description="characters of title+tags+description embedded")
+    embedding_batch_size: int = Field(64, ge=1, le=4096, description="texts per sentence-transformers batch")
+
+    # Ingestion: bulk requests and user profiles.
+    bulk_chunk_bytes: int = Field(10_000_000, ge=10_000, description="largest bulk request body in bytes")
+    bulk_chunk_docs: int = Field(2000, ge=1, description="largest number of documents per bulk request")
+    bulk_max_retries: int = Field(6, ge=0, le=20, description="retries of a document rejected with HTTP 429")
+    bulk_max_backoff_s: float = Field(30.0, gt=0, description="cap of the 429 backoff: min(cap, 1 s * 2**retry)")
+    profile_max_watched_ids: int = Field(5000, ge=1, description="watched video ids kept in a profile for exclusion")
+    profile_recent_watches: int = Field(50, ge=1, le=1000, description="watches kept with time and completion")
+    profile_recent_queries: int = Field(20, ge=1, le=1000, description="search queries kept with text and vector")
+    profile_max_impressions: int = Field(500, ge=1, description="videos kept in a profile's impression counts")
+    profile_half_life_days: float = Field(
+        30.0, gt=0, description="age in days at which a watch's weight in the history vector halves"
+    )
+    profile_update_retries: int = Field(10, ge=1, le=100, description="retries of a profile update on a version conflict")
     cf_dims: int = Field(64, ge=2, le=4096, description="dimension of cf_embedding (matrix-factorization factors)")
     model_dir: Path = Field(Path("~/.cache/vidrec/models"), description="directory of versioned ranking models")
     ranker_version: str = Field("latest", description="ranking model version to serve, or 'latest'")
