@@ -104,6 +104,33 @@ class Settings(BaseSettings):
     impressions_batch_size: int = Field(1000, ge=1, description="impressions written per bulk request")
     impressions_flush_interval_s: float = Field(1.0, gt=0, description="seconds between impression bulk writes")
 
+    # Candidate generation: per-channel result sizes and kNN num_candidates, the merge cap.
+    candidates_history_size: int = Field(300, ge=1, le=10_000, description="hits from the history-content channel")
+    candidates_collaborative_size: int = Field(300, ge=1, le=10_000, description="hits from the collaborative channel")
+    candidates_query_text_size: int = Field(100, ge=1, le=10_000, description="hits from the query-text channel")
+    candidates_query_semantic_size: int = Field(100, ge=1, le=10_000, description="hits from the query-semantic channel")
+    candidates_popular_size: int = Field(100, ge=1, le=10_000, description="hits from the popular-fresh channel")
+    candidates_num_candidates_factor: float = Field(
+        2.0, ge=1.0, le=100.0,
+        description="kNN num_candidates per shard as a multiple of the channel's size (capped at 10,000)",
+    )
+    candidates_cap: int = Field(500, ge=1, le=1000, description="candidates kept after the merge (N)")
+    candidates_cap_max: int = Field(1000, ge=1, le=10_000, description="largest N a request can raise the cap to")
+    candidates_rrf_k: int = Field(60, ge=1, description="rank constant k of reciprocal rank fusion: 1/(k + rank)")
+    candidates_recent_queries: int = Field(5, ge=0, le=50, description="recent search queries the query-text channel uses")
+    candidates_exclude_in_query_max: int = Field(
+        10_000, ge=0, le=65_536,
+        description="excluded ids sent inside the query filter; older ones are removed in the application "
+        "after over-fetching (index.max_terms_count is 65,536 by default)",
+    )
+    popular_fresh_scale_days: float = Field(
+        365.0, gt=0, description="age in days at which popular-fresh's recency decay halves a video's score"
+    )
+    age_when_unknown: int = Field(
+        0, ge=0, le=120,
+        description="age assumed for a user whose profile has no age when filtering on a video's min_age",
+    )
+
     # Data.
     data_dir: Path | None = Field(None, description="folder with the datasets (movielens-latest-small, ...)")
 
