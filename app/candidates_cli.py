@@ -1,0 +1,99 @@
+"""`vidrec train cf` and `vidrec evaluate candidates`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def command_group(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """Return the sub-command group ``name`` (``train``, ``evaluate``), creating it unless another module did.
+
+    Several modules add commands under ``vidrec train`` and ``vidrec evaluate``, so
+    each looks the group up before it adds its own command.
+    """
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        parser = subparsers.add_parser(name, help=help_text)
+        return parser.add_subparsers(dest=f"{name}_command", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=f"{name}_command", required=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = command_group(subparsers, "train", "train models")
+    cf = train.add_parser("cf", help="factorize the watch matrix and write cf_embedding to videos and users")
+    cf.add_argument("--algorithm", choices=("als", "bpr"), default="als", help="implicit's ALS or BPR (default als)")
+    cf.add_argument("--since", help="first watch time included (ISO 8601 or date math; default: all)")
+    cf.add_argument("--until", help="watch times before this are included (ISO 8601 or date math; default: all)")
+    cf.add_argument("--iterations", type=int, default=15, help="training epochs (default 15)")
+    cf.add_argument("--regularization", type=float, default=0.05, help="L2 regularization (default 0.05)")
+    cf.add_argument("--seed", type=int, default=13, help="random seed (default 13)")
+    cf.set_defaults(handler=run_train_cf)
+
+    evaluate = command_group(subparsers, "evaluate", "offline evaluation")
+    candidates = evaluate.add_parser(
+        "candidates",
+        help="candidate recall per channel and union on MovieLens evaluation worlds, and search quality "
+             "on reddit-tomt queries",
+    )
+    candidates.add_argument("--data-dir", type=Path, help="datasets folder (default VIDREC_DATA_DIR)")
+    candidates.add_argument("--splits", default="per_user,global",
+                            help="comma-separated evaluation worlds: per_user, global (default both)")
+    candidates.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    candidates.add_argument("--max-users", type=int, help="evaluate at most this many users per world")
+    candidates.add_argument("--skip-search", action="store_true", help="leave out the reddit-tomt search evaluation")
+    candidates.add_argument("--keep", action="store_true", help="keep the world's indices afterwards")
+    candidates.add_argument("--output", type=Path, default=Path("bench/results/candidates_eval.json"),
+                            help="JSON file for the tables (default bench/results/candidates_eval.json)")
+    candidates.set_defaults(handler=run_evaluate_candidates)
+
+
+def run_train_cf(args: argparse.Namespace, settings: Settings) -> int:
+    from app.es_client import make_client
+    from ranking.collaborative import CFModelError, train_cf
+
+    client = make_client(settings, request_timeout_s=120)
+    try:
+        report = train_cf(client, settings, algorithm=args.algorithm, since=args.since, until=args.until,
+                          iterations=args.iterations, regularization=args.regularization, seed=args.seed)
+    except CFModelError as error:
+        print(f"error: {error}")
+        return 1
+    finally:
+        client.close()
+    print(f"model {report.model_version}: {report.users} users x {report.videos} videos from {report.events} "
+          f"watches ({report.first_event} .. {report.last_event}) in {report.seconds:.1f} s")
+    print(f"wrote {report.videos_written} video and {report.users_written} user factors")
+    for line in report.failures:
+        print(f"failed: {line}")
+    return 1 if report.failures else 0
+
+
+def run_evaluate_candidates(args: argparse.Namespace, settings: Settings) -> int:
+    from ranking.candidate_eval import evaluate_candidates, format_tables
+
+    data_dir = args.data_dir or settings.data_dir
+    if data_dir is None:
+        print("error: no datasets folder: pass --data-dir or set VIDREC_DATA_DIR")
+        return 2
+    splits = [split.strip() for split in args.splits.split(",") if split.strip()]
+    for split in splits:
+        if split not in ("per_user", "global"):
+            print(f"error: unknown split {split!r}; expected per_user or global")
+            return 2
+    results = evaluate_candidates(settings, Path(data_dir), splits=splits, bootstrap=args.bootstrap,
+                                  max_users=args.max_users, search=not args.skip_search, keep=args.keep)
+    print(format_tables(results))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
