@@ -13,6 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     serve.set_defaults(handler=run_serve)
 
+    from app import worker
+
+    worker.register(subparsers)
+
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn

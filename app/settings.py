@@ -84,10 +84,10 @@ class Settings(BaseSettings):
         "user_id", description="request parameter the hash policy maps to a worker"
     )
     worker_timeout_ms: float = Field(
-        30.0, gt=0, description="time a worker gets for one batch before the batch is also sent to another worker"
+        40.0, gt=0, description="time a worker gets for one batch before the batch is also sent to another worker"
     )
     ranking_deadline_ms: float = Field(
-        60.0, gt=0, description="time the ranking stage gets per request; past it the response uses the fused order"
+        75.0, gt=0, description="time the ranking stage gets per request; past it the response uses the fused order"
     )
     worker_min_batch: int = Field(128, ge=1, description="fewest candidates per batch sent to a worker")
     worker_threads: int = Field(1, ge=1, le=64, description="torch threads of each ranking worker")
