@@ -22,11 +22,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from app.recommend import start_recommender, stop_recommender
+
         app.state.es = make_async_client(settings)
         logger.info("API starting: es_url=%s index_prefix=%s", settings.es_url, settings.index_prefix)
+        await start_recommender(app)
         try:
             yield
         finally:
+            await stop_recommender(app)
             await app.state.es.close()
             logger.info("API stopped")
 
@@ -52,13 +56,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz(request: Request) -> JSONResponse:
-        """Readiness: Elasticsearch answers cluster health with yellow or green."""
+        """Readiness: Elasticsearch answers cluster health with yellow or green, or the popular fallback
+        list is loaded, so recommendations can still be answered (degraded) while the node is down."""
         health = await async_cluster_health(request.app.state.es)
         es_status = health.get("status") if health else "unreachable"
-        ready = es_status in {"yellow", "green"}
+        popular = request.app.state.popular
+        dependencies = {"elasticsearch": es_status,
+                        "popular_fallback": f"{len(popular.videos)} videos from {popular.loaded_from}"
+                        if popular.loaded else "not loaded"}
+        down = [] if es_status in {"yellow", "green"} else ["elasticsearch"]
+        aggregator = request.app.state.aggregator
+        if aggregator.workers:
+            versions = await aggregator.poll_status()
+            dependencies["workers"] = {url: version or "unreachable" for url, version in versions.items()}
+            down += [f"worker {url}" for url, version in versions.items() if version is None]
+        # Without workers the answers keep the fused order; without Elasticsearch they come from the list.
+        ready = "elasticsearch" not in down or popular.loaded
         return JSONResponse(
             status_code=200 if ready else 503,
-            content={"status": "ready" if ready else "not ready", "dependencies": {"elasticsearch": es_status}},
+            content={"status": "ready" if ready else "not ready", "degraded": bool(down) and ready,
+                     "down": down, "dependencies": dependencies},
         )
 
     for router in _routers():
