@@ -6,6 +6,7 @@ from fastapi.testclient import TestClient
 from app.candidates.types import CHANNELS
 from app.main import create_app
 from tests.app.fixture_scorer import fixture_score
+from tests.app.tcp_proxy import TcpProxy
 from tests.app.recommend_catalog import N_VIDEOS, UNAVAILABLE, WATCHED, index_catalog
 from tests.app.workers import FIXTURE_LOADER, free_port, start_workers
 
@@ -146,6 +147,30 @@ def test_unreachable_es_answers_from_popular_list(rec_settings):
     assert [item["video_id"] for item in body["items"]] == [f"v{i}" for i in range(1, 10)] + ["v12"]
     assert body["items"][0]["title"] == "Video number 1"
     assert cold.status_code == 200
+
+
+def test_recovers_when_node_returns(rec_settings):
+    proxy = TcpProxy("127.0.0.1", int(rec_settings.es_url.rsplit(":", 1)[1]))
+    proxy.start()
+    through_proxy = rec_settings.model_copy(update={"es_url": proxy.url, "es_max_retries": 0})
+    try:
+        with TestClient(create_app(through_proxy)) as client:
+            before = get(client, k=5).json()
+            proxy.stop()
+            during = get(client, k=5)
+            ready_during = client.get("/readyz")
+            proxy.start()
+            after = get(client, k=5).json()
+            ready_after = client.get("/readyz").json()
+    finally:
+        proxy.stop()
+    assert before["degraded"] is False
+    assert during.status_code == 200
+    assert during.json()["degraded"] is True
+    assert ready_during.status_code == 200
+    assert after["degraded"] is False
+    assert after["items"] == before["items"]
+    assert ready_after["down"] == []
 
 
 def test_unreachable_es_without_list_not_ready(rec_settings, tmp_path):
