@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install what vidrec needs on a Debian or Ubuntu machine, idempotently:
 #   - system packages (Maven fetches Elasticsearch; docker-compose checks the compose file),
-#   - a Python 3.11 virtual environment from requirements.lock, cached outside the clone
+#   - a Python 3.11 virtual environment synced to requirements.lock, cached outside the clone
 #     under $VIDREC_CACHE_DIR (default ~/.cache/vidrec) and keyed by the lock file's hash,
 #   - .venv in the repository as a link to that environment.
-# A second run with an unchanged lock file only re-links vidrec itself (seconds).
+# A second run with an unchanged lock file only re-installs vidrec itself (seconds).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,20 +28,33 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Python environment keyed by the lock file.
-key="$(cat "$repo/requirements.lock" | sha256sum | cut -c1-16)"
-venv="$cache/venv-$key"
-if [[ ! -f "$venv/.complete" ]]; then
-    say "creating $venv from requirements.lock (torch and its CUDA libraries are several GB; first time only)"
-    rm -rf "$venv"
+# Python environment in the cache, keyed by the lock file: the venv records the SHA-256 of the
+# requirements.lock it was synced to, and a changed lock installs only the packages that changed
+# (torch and its CUDA libraries, several GB, are downloaded once).
+lock="$repo/requirements.lock"
+key="$(sha256sum "$lock" | cut -d' ' -f1)"
+venv="$cache/venv-py311"
+if [[ ! -x "$venv/bin/python" ]]; then
+    say "creating $venv (first time only)"
     python3.11 -m venv "$venv"
-    PIP_CACHE_DIR="$cache/pip" "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        --no-deps -r "$repo/requirements.lock"
-    touch "$venv/.complete"
-else
-    say "reusing $venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$repo" 2>/dev/null \
-    || "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$repo"
+if [[ "$(cat "$venv/.lock-sha256" 2>/dev/null)" != "$key" ]]; then
+    say "installing requirements.lock into $venv (first time: several GB for torch and its CUDA libraries)"
+    rm -f "$venv/.lock-sha256"
+    PIP_CACHE_DIR="$cache/pip" "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        --no-deps -r "$lock"
+    # Remove packages an older lock had and this one lacks.
+    names() { cut -d= -f1 | tr 'A-Z_' 'a-z-' | sort -u; }
+    extra="$(comm -23 <("$venv/bin/pip" freeze --all --exclude-editable | names) \
+        <(grep -v '^#' "$lock" | names) | grep -vx vidrec || true)"
+    if [[ -n "$extra" ]]; then
+        say "removing packages the lock no longer lists: $(echo $extra)"
+        echo "$extra" | xargs "$venv/bin/pip" uninstall --quiet -y
+    fi
+    echo "$key" > "$venv/.lock-sha256"
+else
+    say "reusing $venv (requirements.lock unchanged)"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$repo"
 ln -sfn "$venv" "$repo/.venv"
 say "ready: $repo/.venv -> $venv"
