@@ -35,6 +35,8 @@ from ranking.scorer_protocol import Scorer
 
 logger = logging.getLogger(__name__)
 
+MODEL_RETRY_S = 30.0
+
 
 class ScorerLoadError(RuntimeError):
     """The configured scorer could not be loaded; the message names the loader and the version."""
@@ -87,16 +89,34 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
 
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         pin_threads(settings.worker_threads)
+        await load_or_wait()
+        retry = None if state["scorer"] else asyncio.create_task(retry_load())
+        yield
+        if retry:
+            retry.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("worker %s stopped after %d batches", worker_id, state["served"])
+
+    async def load_or_wait() -> None:
         started = time.perf_counter()
-        state["scorer"] = await asyncio.get_running_loop().run_in_executor(
-            executor, load_configured_scorer, settings, None)
+        try:
+            state["scorer"] = await asyncio.get_running_loop().run_in_executor(
+                executor, load_configured_scorer, settings, None)
+        except ScorerLoadError as error:
+            # The worker stays up without a model: /score answers 503 until a load succeeds.
+            logger.error("worker %s has no model yet, retrying every %.0f s or on POST /reload: %s",
+                         worker_id, MODEL_RETRY_S, error)
+            return
         pin_threads(settings.worker_threads)
         logger.info("worker %s serving model_version=%s threads=%d delay_ms=%.0f (loaded in %.1f s)",
                     worker_id, state["scorer"].model_version, settings.worker_threads, delay_ms,
                     time.perf_counter() - started)
-        yield
-        executor.shutdown(wait=False, cancel_futures=True)
-        logger.info("worker %s stopped after %d batches", worker_id, state["served"])
+
+    async def retry_load() -> None:
+        while state["scorer"] is None:
+            await asyncio.sleep(MODEL_RETRY_S)
+            if state["scorer"] is None and not state["reloading"]:
+                await load_or_wait()
 
     app = FastAPI(title="vidrec ranking worker", lifespan=lifespan)
     app.state.settings = settings
@@ -131,6 +151,9 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000)
             scorer = state["scorer"]  # one scorer for the whole batch, even if a reload swaps it meanwhile
+            if scorer is None:
+                raise HTTPException(status_code=503, detail=f"worker {worker_id} has no model loaded "
+                                                            f"(request {batch.request_id})")
             try:
                 scores = await asyncio.get_running_loop().run_in_executor(
                     executor, scorer.score, batch.profile, batch.candidates, batch.request_time)

@@ -8,6 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
+from app import wire
 from app.aggregator import Aggregator
 from app.candidates.types import Candidate, ChannelHit
 from app.settings import load_settings
@@ -278,3 +279,27 @@ async def test_in_process_without_model_degrades():
     result = await rank(aggregator)
     assert result.degraded
     assert result.scores is None
+
+
+async def test_worker_without_model_until_reload(worker_env, workers):
+    (empty,) = start_workers({**worker_env, "VIDREC_RANKER_VERSION": "broken"}, [0])
+    try:
+        assert empty.status()["model_version"] is None
+        body = wire.encode_request(wire.ScoreRequest("r0", "u1", PROFILE, candidates(3), NOW))
+        direct = httpx.post(f"{empty.url}/score", content=body, timeout=10)
+        aggregator = aggregator_for([empty.url, workers[0].url], worker_policy="round_robin")
+        await aggregator.start()
+        try:
+            results = [await rank(aggregator, request_id=f"r{i}") for i in range(2)]
+        finally:
+            await aggregator.close()
+        reloaded = httpx.post(f"{empty.url}/reload", json={"version": "fixture-v1"},
+                              headers={"X-API-Key": "test-write-key"}, timeout=30)
+        status = empty.status()
+    finally:
+        empty.stop()
+    assert direct.status_code == 503
+    assert "no model loaded" in direct.json()["detail"]
+    assert not any(result.degraded for result in results)
+    assert reloaded.status_code == 200
+    assert status["model_version"] == "fixture-v1"
