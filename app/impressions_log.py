@@ -111,10 +111,8 @@ class ImpressionLogger:
         try:
             await asyncio.wait_for(self.flush(), timeout=timeout_s)
         except (asyncio.TimeoutError, TransportError, ApiError) as error:
-            logger.warning("impression logger closed with %d impressions unwritten: %r", len(self.buffer), error)
-        if self.buffer:
-            logger.warning("impression logger closed with %d impressions unwritten to %s",
-                           len(self.buffer), self.index)
+            logger.warning("impression logger closed with %d impressions unwritten to %s: %r",
+                           len(self.buffer), self.index, error)
 
     async def _run(self) -> None:
         consecutive_failures = 0

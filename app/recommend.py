@@ -7,7 +7,7 @@ Stages of ``Recommender.recommend``, each timed into ``timings_ms``:
    while fewer than k eligible candidates remain.
 3. ``merge``: reciprocal rank fusion, exclusions, cap at N.
 4. ``ranking``: the aggregator scores the candidates (``scoring`` inside the scorer,
-   ``dispatch`` the rest: encoding, HTTP, waiting); without scores the fused order stands.
+   ``dispatch`` the rest: encoding, HTTP, waiting); without scores the fused order is kept.
 5. ``titles``: titles of the top k (in-memory cache, one ``_mget`` for misses).
 
 When Elasticsearch fails at stage 1 or 2, the answer comes from the popular
@@ -70,8 +70,11 @@ class Recommender:
         self.titles = titles
 
     async def recommend(self, user_id: str, options: RecommendOptions, request_id: str | None = None) -> Recommendation:
-        """Return up to ``options.k`` videos for ``user_id``; never raises for an Elasticsearch or worker failure
-        when the popular fallback list is loaded."""
+        """Return up to ``options.k`` videos for ``user_id``.
+
+        A worker failure gives the fused order and an Elasticsearch failure the popular list, both marked
+        degraded. Raises FallbackUnavailable when Elasticsearch fails and no popular list is loaded.
+        """
         request_id = request_id or uuid.uuid4().hex
         timings: dict[str, float] = {}
         started = time.perf_counter()
