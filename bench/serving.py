@@ -1,0 +1,314 @@
+"""Serving benchmark: open-loop load on GET /v1/users/{id}/recommendations against a local API.
+
+For each configuration the script starts the API (and uses ranking workers it
+started itself) on 127.0.0.1, sends requests at a fixed rate for real
+MovieLens users whatever the answers' latency (open loop: request i leaves at
+t0 + i / rate), and records per request the status, the latency, the degraded
+flag and the stage times of the Server-Timing header. Configurations:
+
+- scoring in the API process, on one worker, on two workers (same rate);
+- each worker policy with two workers, one of them slowed by ``--slow-ms`` per
+  batch: the share of batches each worker got, and the p99.
+
+Elasticsearch, the API, the workers and this load generator share the
+machine's cores; the CPU seconds each used per configuration come from
+psutil. The data must be loaded and a ranker trained first (`vidrec demo`).
+
+    python bench/serving.py --data ../shared/data/movielens-latest-small --rate 20 --duration 30
+
+Writes a table to stdout and JSON to bench/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from app.settings import load_settings  # noqa: E402
+from indexing import es_node  # noqa: E402
+
+STAGES = ("profile", "msearch", "merge", "scoring", "dispatch", "titles", "total")
+
+
+@dataclass
+class Config:
+    name: str
+    workers: list[str]  # keys into the started workers: "a", "b", "slow"
+    policy: str = "round_robin"
+
+
+@dataclass
+class RunResult:
+    config: str
+    requests: int
+    errors: int
+    degraded: int
+    latency_ms: dict[str, float]
+    stage_p50_ms: dict[str, float]
+    stage_p99_ms: dict[str, float]
+    worker_share: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    achieved_rate: float = 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_users(folder: Path) -> list[str]:
+    with (folder / "ratings.csv").open() as handle:
+        return sorted({row["userId"] for row in csv.DictReader(handle)}, key=int)
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready within {timeout_s:.0f} s")
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    handle = log.open("w")
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *command], cwd=REPO_ROOT, env=env,
+                            stdout=handle, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return float("nan")
+    return times.user + times.system
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    stages = {}
+    for part in header.split(","):
+        name, _, duration = part.strip().partition(";dur=")
+        if duration:
+            stages[name] = float(duration)
+    return stages
+
+
+async def open_loop(url: str, users: list[str], rate: float, duration_s: float, k: int, seed: int,
+                    warmup_s: float) -> tuple[list[dict], float]:
+    """Send requests at ``rate`` per second for ``duration_s`` after ``warmup_s``; return the measured ones."""
+    rng = random.Random(seed)
+    total = int((warmup_s + duration_s) * rate)
+    warmup = int(warmup_s * rate)
+    records: list[dict] = []
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
+        async def one(index: int, user_id: str, send_at: float) -> None:
+            await asyncio.sleep(max(0.0, send_at - time.perf_counter()))
+            started = time.perf_counter()
+            try:
+                response = await client.get(f"{url}/v1/users/{user_id}/recommendations", params={"k": k})
+                ok = response.status_code == 200
+                body = response.json() if ok else {}
+                stages = parse_server_timing(response.headers.get("server-timing", ""))
+                status = response.status_code
+            except httpx.HTTPError as error:
+                ok, body, stages, status = False, {}, {}, repr(error)
+            latency = (time.perf_counter() - started) * 1000
+            if index >= warmup:
+                records.append({"latency_ms": latency, "ok": ok, "status": status,
+                                "degraded": bool(body.get("degraded")), "stages": stages,
+                                "lag_ms": (started - send_at) * 1000})
+
+        t0 = time.perf_counter() + 0.2
+        tasks = [asyncio.create_task(one(i, rng.choice(users), t0 + i / rate)) for i in range(total)]
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0 - warmup_s
+    return records, (len(records) / elapsed if elapsed > 0 else 0.0)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    array = np.asarray(values)
+    return {f"p{q}": float(np.percentile(array, q)) for q in (50, 95, 99)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="MovieLens latest-small folder (for user ids)")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per configuration")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first (default 3)")
+    parser.add_argument("--k", type=int, default=100, help="videos per request (default 100)")
+    parser.add_argument("--slow-ms", type=float, default=60.0, help="delay of the slowed worker (default 60)")
+    parser.add_argument("--only", help="comma-separated configuration names to run")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "results" / "serving.json")
+    args = parser.parse_args()
+
+    settings = load_settings()
+    users = read_users(args.data)
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / "vidrec-bench-serving"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "VIDREC_LOCAL_DEV": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("VIDREC_API_READ_KEY", None)
+    env.pop("VIDREC_API_WRITE_KEY", None)
+    es_pid = es_node.read_pid(es_node.node_paths(settings))
+
+    configs = [
+        Config("in-process", []),
+        Config("1 worker", ["a"]),
+        Config("2 workers", ["a", "b"]),
+        Config("slowed: round_robin", ["a", "slow"], "round_robin"),
+        Config("slowed: least_loaded", ["a", "slow"], "least_loaded"),
+        Config("slowed: hash(user)", ["a", "slow"], "hash"),
+    ]
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        configs = [config for config in configs if config.name in wanted]
+
+    workers: dict[str, tuple[str, subprocess.Popen]] = {}
+    results: list[RunResult] = []
+    try:
+        for key, delay in (("a", 0.0), ("b", 0.0), ("slow", args.slow_ms)):
+            port = free_port()
+            process = start(["worker", "--port", str(port), "--worker-id", key, "--delay-ms", str(delay)],
+                            env, logs / f"worker-{key}.log")
+            workers[key] = (f"http://127.0.0.1:{port}", process)
+        for url, process in workers.values():
+            wait_ready(f"{url}/status", process)
+        print(f"workers ready: {', '.join(f'{key}={url}' for key, (url, _) in workers.items())}", flush=True)
+
+        for config in configs:
+            port = free_port()
+            api_env = {**env, "VIDREC_WORKER_URLS": ",".join(workers[key][0] for key in config.workers),
+                       "VIDREC_WORKER_POLICY": config.policy}
+            api = start(["serve", "--port", str(port)], api_env, logs / f"api-{len(results)}.log")
+            try:
+                wait_ready(f"http://127.0.0.1:{port}/readyz", api)
+                served_before = {key: httpx.get(f"{workers[key][0]}/status").json()["served"] for key in workers}
+                pids = {"elasticsearch": es_pid, "api": api.pid, "load generator": os.getpid(),
+                        **{f"worker {key}": process.pid for key, (_, process) in workers.items()}}
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                wall_before = time.perf_counter()
+                records, achieved = asyncio.run(open_loop(f"http://127.0.0.1:{port}", users, args.rate,
+                                                          args.duration, args.k, seed=7, warmup_s=args.warmup))
+                wall = time.perf_counter() - wall_before
+                cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / wall for name, pid in pids.items()}
+                served = {key: httpx.get(f"{workers[key][0]}/status").json()["served"] - served_before[key]
+                          for key in workers}
+            finally:
+                stop(api)
+            total_served = sum(served[key] for key in config.workers) or 1
+            ok = [record for record in records if record["ok"]]
+            result = RunResult(
+                config=config.name, requests=len(records), errors=len(records) - len(ok),
+                degraded=sum(record["degraded"] for record in ok),
+                latency_ms={**percentiles([record["latency_ms"] for record in ok]),
+                            "max_send_lag": max((record["lag_ms"] for record in records), default=0.0)},
+                stage_p50_ms={stage: percentiles([r["stages"][stage] for r in ok if stage in r["stages"]])["p50"]
+                              for stage in STAGES},
+                stage_p99_ms={stage: percentiles([r["stages"][stage] for r in ok if stage in r["stages"]])["p99"]
+                              for stage in STAGES},
+                worker_share={key: served[key] / total_served for key in config.workers},
+                cpu_s={name: value for name, value in cpu.items()
+                       if name in ("elasticsearch", "api", "load generator")
+                       or name.removeprefix("worker ") in config.workers},
+                achieved_rate=achieved,
+            )
+            results.append(result)
+            print_row(result, args.rate)
+    finally:
+        for _, process in workers.values():
+            stop(process)
+
+    hardware = {"cpus": psutil.cpu_count(logical=True), "cpu_model": cpu_model(),
+                "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+                "note": "Elasticsearch, the API, the workers and the load generator share these CPUs"}
+    print_table(results, args, hardware)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "rate_per_s": args.rate, "duration_s": args.duration, "k": args.k, "slow_worker_delay_ms": args.slow_ms,
+        "ranking_deadline_ms": settings.ranking_deadline_ms, "worker_timeout_ms": settings.worker_timeout_ms,
+        "hardware": hardware, "results": [result.__dict__ for result in results],
+    }, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def print_row(result: RunResult, rate: float) -> None:
+    latency = result.latency_ms
+    print(f"{result.config}: {result.requests} requests at {result.achieved_rate:.1f}/s (target {rate:g}/s), "
+          f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, {result.errors} errors, "
+          f"{result.degraded} degraded", flush=True)
+
+
+def print_table(results: list[RunResult], args: argparse.Namespace, hardware: dict) -> None:
+    print(f"\nOpen loop at {args.rate:g} requests/s, k={args.k}, {args.duration:g} s per configuration; "
+          f"{hardware['cpus']} CPUs ({hardware['cpu_model']}) shared by Elasticsearch, API, workers and load "
+          f"generator. Slowed worker: +{args.slow_ms:g} ms per batch.\n")
+    header = ("| configuration | p50 ms | p95 ms | p99 ms | errors | degraded | profile | msearch | merge "
+              "| scoring | dispatch | titles | worker share | CPU cores used (ES / API / workers / loadgen) |")
+    print(header)
+    print("|" + "|".join(["---"] * (header.count("|") - 1)) + "|")
+    for result in results:
+        latency, stages = result.latency_ms, result.stage_p50_ms
+        share = ", ".join(f"{key} {value:.0%}" for key, value in result.worker_share.items()) or "-"
+        workers_cpu = sum(value for name, value in result.cpu_s.items() if name.startswith("worker"))
+        cpu = (f"{result.cpu_s.get('elasticsearch', float('nan')):.2f} / {result.cpu_s['api']:.2f} / "
+               f"{workers_cpu:.2f} / {result.cpu_s['load generator']:.2f}")
+        print(f"| {result.config} | {latency['p50']:.1f} | {latency['p95']:.1f} | {latency['p99']:.1f} | "
+              f"{result.errors} | {result.degraded} | {stages['profile']:.1f} | {stages['msearch']:.1f} | "
+              f"{stages['merge']:.1f} | {stages['scoring']:.1f} | {stages['dispatch']:.1f} | "
+              f"{stages['titles']:.1f} | {share} | {cpu} |")
+    print("\nStage columns are medians (ms) from the Server-Timing header. scoring is the time inside the scorer "
+          "(features and model; on a worker also decoding the body and any added delay), dispatch the rest of "
+          "the ranking stage (encoding, HTTP, waiting).")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
