@@ -153,7 +153,11 @@ def build_table(records: Sequence[dict[str, Any]], dims: int) -> VideoFeatureTab
             if len(vector) != dims:
                 raise ValueError(f"video {video_id}: text_embedding has {len(vector)} dims, expected {dims}")
             embedding[row] = np.asarray(vector, dtype=np.float32)
-        category[row] = str(record.get("category") or "")
+        value = record.get("category")
+        # A keyword field may hold a list (MovieLens genres); the first entry is the category.
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else ""
+        category[row] = str(value or "")
         if record.get("duration_s") is not None:
             duration[row] = float(record["duration_s"])
         stamp = parse_timestamp(record.get("published_at"))

@@ -181,17 +181,17 @@ class PopularityTimeline:
 
     def __init__(self, rows: np.ndarray, timestamps: np.ndarray, size: int):
         order = np.lexsort((timestamps, rows))
-        self._rows = rows[order]
-        self._times = timestamps[order].astype(np.float64)
-        self._start = np.searchsorted(self._rows, np.arange(size), side="left")
-        self._end = np.searchsorted(self._rows, np.arange(size), side="right")
+        self._origin = float(timestamps.min()) if len(timestamps) else 0.0
+        times = timestamps[order].astype(np.float64) - self._origin
+        # One sorted key per event, row-major then time, so one searchsorted answers every row at once.
+        self._span = float(times.max()) + 2.0 if len(times) else 2.0
+        self._keys = rows[order].astype(np.float64) * self._span + times
+        self._start = np.searchsorted(rows[order], np.arange(size), side="left")
 
     def counts(self, rows: np.ndarray, before: float) -> np.ndarray:
-        out = np.zeros(len(rows))
-        for i, row in enumerate(rows):
-            start, end = self._start[row], self._end[row]
-            out[i] = np.searchsorted(self._times[start:end], before, side="left")
-        return out
+        offset = min(max(before - self._origin, -1.0), self._span - 1.0)
+        ends = np.searchsorted(self._keys, np.asarray(rows, dtype=np.float64) * self._span + offset, side="left")
+        return (ends - self._start[rows]).astype(np.float64)
 
 
 def user_dense_columns(config: FeatureConfig) -> list[str]:

@@ -172,7 +172,9 @@ def test_video_block_category_and_duration(encoder):
 def test_popularity_timeline_counts_strictly_before():
     timeline = PopularityTimeline(np.array([1, 1, 1, 2]), np.array([10.0, 20.0, 30.0, 5.0]), 3)
     assert list(timeline.counts(np.array([1, 2, 0]), 20.0)) == [1, 1, 0]
-    assert list(timeline.counts(np.array([1]), 31.0)) == [3]
+    assert list(timeline.counts(np.array([1, 2]), 31.0)) == [3, 1]
+    assert list(timeline.counts(np.array([1, 2]), -1e9)) == [0, 0]
+    assert list(timeline.counts(np.array([2, 1]), 1e12)) == [1, 3]
 
 
 def test_no_leakage_from_events_after_t(encoder, table):
