@@ -123,21 +123,19 @@ def factorize(matrix: sp.csr_matrix, algorithm: Algorithm, factors: int, iterati
     """
     from threadpoolctl import threadpool_limits
 
-    if algorithm == "als":
-        from implicit.cpu.als import AlternatingLeastSquares
-
-        model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations,
-                                        random_state=seed)
-    elif algorithm == "bpr":
-        from implicit.cpu.bpr import BayesianPersonalizedRanking
-
-        model = BayesianPersonalizedRanking(factors=factors - 1, regularization=regularization,
-                                            iterations=iterations, random_state=seed)
-    else:
+    if algorithm not in ("als", "bpr"):
         raise CFModelError(f"unknown algorithm {algorithm!r}; expected 'als' or 'bpr'")
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-    # implicit parallelizes itself; a BLAS thread pool on top slows ALS down.
+    # implicit parallelizes itself, and a BLAS thread pool on top slows ALS down.
     with threadpool_limits(1, "blas"):
+        if algorithm == "als":
+            model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations,
+                                            random_state=seed)
+        else:
+            model = BayesianPersonalizedRanking(factors=factors - 1, regularization=regularization,
+                                                iterations=iterations, random_state=seed)
         model.fit(matrix, show_progress=False)
     user_factors = np.asarray(model.user_factors, dtype=np.float32)
     item_factors = np.asarray(model.item_factors, dtype=np.float32)

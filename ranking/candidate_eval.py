@@ -1,0 +1,206 @@
+"""Offline evaluation of candidate generation and search (`vidrec evaluate candidates`).
+
+Candidate recall@N: in an evaluation world (:mod:`ranking.world`) each test user
+makes one request at their request time. Recall@N is the share of the user's
+held-out watches found in the top N. Each channel is measured alone, asking it
+for N hits, and the union is the reciprocal-rank-fused top N of all channels.
+Means over users carry a percentile bootstrap 95% confidence interval
+(users resampled with replacement).
+
+Search quality: the reddit-tomt validation queries whose answer movie is in
+ml-latest-small (joined on IMDb id through links.csv) are run through BM25
+alone, kNN alone and the hybrid; Recall@10, Recall@100 and MRR (reciprocal rank
+of the answer within the top 100, else 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from elasticsearch import AsyncElasticsearch
+
+from app.candidates.channels import MAX_QUERY_CHARS, CandidateRequest
+from app.candidates.merge import fuse
+from app.candidates.retrieve import retrieve_candidates
+from app.candidates.search import search_videos
+from app.candidates.types import CHANNELS
+from app.es_client import make_async_client, make_client
+from app.settings import Settings
+from indexing.embed import Embedder
+from indexing.movielens import read_links
+from ranking.world import World, build_world, delete_world, world_settings
+
+logger = logging.getLogger(__name__)
+
+RECALL_AT = (100, 500, 1000)
+SEARCH_MODES = ("bm25", "knn", "hybrid")
+CONCURRENT_REQUESTS = 4
+TOMT_TAGS = re.compile(r"^\s*(\[[^\]]*\]\s*)+")
+IMDB_ID = re.compile(r"tt\d+")
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 7) -> dict[str, float]:
+    """Return the mean of ``values`` and its percentile bootstrap 95% interval (``low``, ``high``)."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    return {"mean": float(data.mean()), "low": float(np.percentile(means, 2.5)),
+            "high": float(np.percentile(means, 97.5)), "n": int(data.size)}
+
+
+def recall_at(ranked: Sequence[str], relevant: set[str], n: int) -> float:
+    """Return the share of ``relevant`` ids within the first ``n`` of ``ranked``."""
+    return len(relevant.intersection(ranked[:n])) / len(relevant) if relevant else 0.0
+
+
+async def _user_lists(client: AsyncElasticsearch, world: World, user_id: str, size: int) -> dict[str, list[str]]:
+    request = CandidateRequest(k=size // 2, now=world.request_time[user_id],
+                               channel_sizes={channel: size for channel in CHANNELS})
+    result = await retrieve_candidates(client, world.settings, user_id, request)
+    lists = {channel: [video_id for video_id, _ in hits] for channel, hits in result.channel_hits.items()}
+    fused = fuse(result.channel_hits, world.settings.candidates_rrf_k)
+    lists["union"] = [candidate.video_id for candidate in fused]
+    return lists
+
+
+async def evaluate_recall(world: World, recall_at_n: Sequence[int] = RECALL_AT, max_users: int | None = None,
+                          resamples: int = 1000) -> dict[str, Any]:
+    """Return recall@N with bootstrap intervals per channel and for the union, over the world's test users."""
+    users = sorted(world.test, key=lambda user: (len(user), user))[:max_users]
+    size = max(recall_at_n)
+    client = make_async_client(world.settings, request_timeout_s=60)
+    semaphore = asyncio.Semaphore(CONCURRENT_REQUESTS)
+
+    async def one(user_id: str) -> dict[str, list[str]]:
+        async with semaphore:
+            return await _user_lists(client, world, user_id, size)
+
+    started = time.perf_counter()
+    try:
+        results = await asyncio.gather(*(one(user) for user in users))
+    finally:
+        await client.close()
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name in (*CHANNELS, "union"):
+        rows[name] = {}
+        for n in recall_at_n:
+            values = [recall_at(lists.get(name, []), set(world.test[user]), n) for user, lists in zip(users, results)]
+            rows[name][str(n)] = bootstrap_ci(values, resamples)
+        rows[name]["users_served"] = sum(1 for lists in results if lists.get(name))
+    return {"split": world.split, "users": len(users), "cutoff": world.cutoff,
+            "test_watches": sum(len(world.test[user]) for user in users), "train_watches": world.train_watches,
+            "cf_model_version": world.cf_report.model_version if world.cf_report else None,
+            "seconds": time.perf_counter() - started, "recall": rows}
+
+
+def tomt_queries(data_dir: Path) -> list[dict[str, str]]:
+    """Return the reddit-tomt validation queries whose target movie is in ml-latest-small: ``q`` and ``video_id``.
+
+    The query is the post title without its leading ``[TOMT]``-style tags, then the
+    post text, cut to the search limit of MAX_QUERY_CHARS characters.
+    """
+    errors: list = []
+    links = read_links(data_dir / "movielens-latest-small" / "links.csv", errors)
+    by_imdb = {ids["imdb_id"]: movie_id for movie_id, ids in links.items() if "imdb_id" in ids}
+    queries = []
+    with (data_dir / "reddit-tomt-movie-queries" / "validation.jsonl").open(encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            match = IMDB_ID.search(record.get("imdb_url") or "")
+            if not match or match.group(0) not in by_imdb:
+                continue
+            text = f"{TOMT_TAGS.sub('', record.get('title') or '')}\n{record.get('text') or ''}".strip()
+            queries.append({"id": record["id"], "q": text[:MAX_QUERY_CHARS], "video_id": by_imdb[match.group(0)]})
+    return queries
+
+
+async def evaluate_search(settings: Settings, data_dir: Path, embedder: Embedder,
+                          resamples: int = 1000) -> dict[str, Any]:
+    """Return Recall@10, Recall@100 and MRR with bootstrap intervals per search mode on reddit-tomt."""
+    queries = tomt_queries(data_dir)
+    client = make_async_client(settings, request_timeout_s=60)
+    rows: dict[str, Any] = {}
+    try:
+        for mode in SEARCH_MODES:
+            recall10, recall100, reciprocal = [], [], []
+            started = time.perf_counter()
+            for query in queries:
+                result = await search_videos(client, settings, embedder, query["q"], k=100, mode=mode)
+                ranked = [item.video_id for item in result.items]
+                rank = ranked.index(query["video_id"]) + 1 if query["video_id"] in ranked else None
+                recall10.append(1.0 if rank is not None and rank <= 10 else 0.0)
+                recall100.append(1.0 if rank is not None else 0.0)
+                reciprocal.append(1.0 / rank if rank is not None else 0.0)
+            rows[mode] = {"recall@10": bootstrap_ci(recall10, resamples), "recall@100": bootstrap_ci(recall100, resamples),
+                          "mrr": bootstrap_ci(reciprocal, resamples), "seconds": time.perf_counter() - started}
+    finally:
+        await client.close()
+    return {"queries": len(queries), "modes": rows}
+
+
+def hardware() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.uname().machine}
+
+
+def evaluate_candidates(settings: Settings, data_dir: Path, splits: Sequence[str] = ("per_user", "global"),
+                        bootstrap: int = 1000, max_users: int | None = None, search: bool = True,
+                        keep: bool = False) -> dict[str, Any]:
+    """Build each split's world, measure candidate recall (and search quality once), and return the tables."""
+    client = make_client(settings, request_timeout_s=120)
+    embedder = Embedder(settings, show_progress=False)
+    results: dict[str, Any] = {"hardware": hardware(), "bootstrap_resamples": bootstrap, "recall": {}}
+    try:
+        for split in splits:
+            world = build_world(client, settings, data_dir / "movielens-latest-small", split, embedder=embedder,
+                                reuse=keep, show_progress=False)
+            try:
+                results["recall"][split] = asyncio.run(evaluate_recall(world, max_users=max_users,
+                                                                       resamples=bootstrap))
+                results["recall"][split]["build_seconds"] = world.build_seconds
+                if search and "search" not in results:
+                    results["search"] = asyncio.run(evaluate_search(world.settings, data_dir, embedder, bootstrap))
+            finally:
+                if not keep:
+                    delete_world(client, world_settings(settings, split))
+    finally:
+        client.close()
+    return results
+
+
+def _cell(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
+
+
+def format_tables(results: dict[str, Any]) -> str:
+    """Return the recall and search tables as Markdown text."""
+    lines: list[str] = []
+    for split, table in results.get("recall", {}).items():
+        ns = [key for key in table["recall"]["union"] if key.isdigit()]
+        lines.append(f"\nCandidate recall@N, {split} split: {table['users']} users, {table['test_watches']} "
+                     f"held-out watches, mean [95% bootstrap CI]")
+        lines.append("| channel | " + " | ".join(f"recall@{n}" for n in ns) + " | users served |")
+        lines.append("|---|" + "---|" * (len(ns) + 1))
+        for name, row in table["recall"].items():
+            lines.append(f"| {name} | " + " | ".join(_cell(row[n]) for n in ns) + f" | {row['users_served']} |")
+    if "search" in results:
+        search = results["search"]
+        lines.append(f"\nSearch on reddit-tomt validation queries joined to ml-latest-small ({search['queries']} "
+                     "queries), mean [95% bootstrap CI]")
+        lines.append("| mode | Recall@10 | Recall@100 | MRR |")
+        lines.append("|---|---|---|---|")
+        for mode, row in search["modes"].items():
+            lines.append(f"| {mode} | {_cell(row['recall@10'])} | {_cell(row['recall@100'])} | {_cell(row['mrr'])} |")
+    return "\n".join(lines)
