@@ -77,3 +77,33 @@ def delete_prefixed_indices(client, prefix: str) -> None:
     names = client.indices.get(index=f"{prefix}*", expand_wildcards="all", allow_no_indices=True).body
     for name in names:
         client.indices.delete(index=name, ignore_unavailable=True)
+
+
+# One MovieLens load per test session, shared read-only by every test that requests it.
+MOVIELENS_PREFIX = f"test-ml-{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture(scope="session")
+def movielens_settings(es_session_client, es_url: str, shared_data_dir: Path) -> Settings:
+    """Settings whose indices hold ml-latest-small, ingested once per session; treat them as read-only.
+
+    The indices are deleted at the end of the session.
+    """
+    from indexing.movielens import ingest_movielens
+
+    ml_settings = load_settings(
+        es_url=es_url,
+        index_prefix=MOVIELENS_PREFIX,
+        local_dev=False,
+        api_read_key="test-read-key",
+        api_write_key="test-write-key",
+    )
+    try:
+        report = ingest_movielens(es_session_client, ml_settings, shared_data_dir / "movielens-latest-small",
+                                  show_progress=False)
+        if report.bulk_failures:
+            pytest.fail(f"MovieLens load failed for {len(report.bulk_failures)} documents; "
+                        f"first: {report.bulk_failures[0]}")
+        yield ml_settings
+    finally:
+        delete_prefixed_indices(es_session_client, MOVIELENS_PREFIX)
