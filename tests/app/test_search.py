@@ -151,3 +151,10 @@ def test_text_body_uses_multi_match():
         "query": 'a "b" (c)', "fields": ["title^3", "tags^2", "description"], "type": "best_fields"}}]
     assert {"terms": {"video_id": ["b"]}} in body["query"]["bool"]["must_not"]
     assert body["_source"] == ["title"]
+
+
+@pytest.mark.es
+async def test_search_hides_unavailable(api):
+    response = await api.get("/v1/search", params={"q": "Removed risotto recipe", "k": 20}, headers=READ)
+    assert response.status_code == 200
+    assert "cook-unavailable" not in video_ids(response)

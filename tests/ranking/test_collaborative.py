@@ -130,3 +130,17 @@ async def test_collaborative_channel_follows_group(es, cf_world):
     assert set(collaborative[:2]) == {"cook-4", "cook-5"}
     assert "music-1" not in collaborative  # no factor: it was watched only after the window
     assert plain.channel_hits["collaborative"][0][0].startswith("sport-")
+
+
+@pytest.mark.es
+def test_train_cf_command(es, cf_world, monkeypatch, capsys):
+    from app.cli import main
+
+    monkeypatch.setenv("VIDREC_INDEX_PREFIX", cf_world.index_prefix)
+    monkeypatch.setenv("VIDREC_CF_DIMS", str(CF_DIMS))
+    monkeypatch.setenv("VIDREC_MODEL_DIR", str(cf_world.model_dir))
+    assert main(["train", "cf", "--until", "2018-01-25", "--iterations", "5"]) == 0
+    output = capsys.readouterr().out
+    assert "13 users x 12 videos from 50 watches" in output
+    assert main(["train", "cf", "--since", "2030-01-01"]) == 1
+    assert "no watch events" in capsys.readouterr().out
