@@ -33,6 +33,7 @@ DATASET_HELP = (
 )
 DEMO_USERS = ("1", "414", "599")
 SHOWN = 10
+DEMO_EPOCHS = 4
 STEPS = 6
 
 
@@ -76,7 +77,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         client.close()
     step(4, f"training the ranker into {settings.model_dir}")
-    if train_ranker(settings) != 0:
+    if train_ranker(settings, path) != 0:
         return 1
     step(5, "starting two ranking workers and the API on 127.0.0.1")
     return serve_and_show(args, settings)
@@ -132,15 +133,17 @@ def train_collaborative(client, settings: Settings, state: dict[str, Any], state
     save_state(state, state_path)
 
 
-def train_ranker(settings: Settings) -> int:
+def train_ranker(settings: Settings, path: Path) -> int:
     from ranking.artifacts import list_versions
 
     versions = list_versions(settings.model_dir)
     if versions:
         print(f"reusing ranking model {versions[-1]['version']}", flush=True)
         return 0
-    # `vidrec train ranker` as a child process, so its progress output shows as it runs.
-    code = subprocess.call([sys.executable, "-m", "app.cli", "train", "ranker"])
+    # `vidrec train ranker` as a child process, so its progress output shows as it runs. The demo caps
+    # the epochs so the whole job stays within minutes on two cores; train again without the cap for more.
+    code = subprocess.call([sys.executable, "-m", "app.cli", "train", "ranker", "--data-dir", str(path),
+                            "--epochs", str(DEMO_EPOCHS)])
     if code != 0:
         print(f"error: `vidrec train ranker` failed with exit code {code}", file=sys.stderr)
     return code

@@ -256,6 +256,7 @@ def main() -> int:
         for _, process in workers.values():
             stop(process)
 
+    split = scoring_split(settings, users, args.k)
     hardware = {"cpus": psutil.cpu_count(logical=True), "cpu_model": cpu_model(),
                 "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
                 "note": "Elasticsearch, the API, the workers and the load generator share these CPUs"}
@@ -264,10 +265,57 @@ def main() -> int:
     args.output.write_text(json.dumps({
         "rate_per_s": args.rate, "duration_s": args.duration, "k": args.k, "slow_worker_delay_ms": args.slow_ms,
         "ranking_deadline_ms": settings.ranking_deadline_ms, "worker_timeout_ms": settings.worker_timeout_ms,
-        "hardware": hardware, "results": [result.__dict__ for result in results],
+        "hardware": hardware, "results": [result.__dict__ for result in results], "scoring_split": split,
     }, indent=2) + "\n")
+    if split:
+        print(f"\nScoring split, in this process with 1 torch thread, {split['candidates']} candidates, "
+              f"{split['samples']} users: features p50 {split['features_p50_ms']:.1f} ms, "
+              f"features + model p50 {split['total_p50_ms']:.1f} ms (p99 {split['total_p99_ms']:.1f} ms)")
     print(f"\nwrote {args.output}")
     return 0
+
+
+def scoring_split(settings, users: list[str], k: int, samples: int = 50) -> dict | None:
+    """Time the scorer's feature step against the whole score call, outside any server.
+
+    Candidates are the first max(2k, 500) videos of the model's feature table with one popular-fresh hit
+    each. Uses the scorer's private ``_features``; returns None when the scorer has none.
+    """
+    from datetime import datetime, timezone
+
+    import torch
+
+    from app.candidates.types import Candidate, ChannelHit
+    from app.es_client import make_client
+    from app.worker import load_configured_scorer
+
+    torch.set_num_threads(1)
+    scorer = load_configured_scorer(settings)
+    if not hasattr(scorer, "_features") or not hasattr(scorer, "encoder"):
+        return None
+    n = max(2 * k, 500)
+    ids = scorer.encoder.table.video_ids[:n]
+    candidates = [Candidate(video_id, [ChannelHit("popular_fresh", rank, 1.0)], 1.0 / (60 + rank))
+                  for rank, video_id in enumerate(ids, start=1)]
+    client = make_client(settings)
+    features_ms, total_ms = [], []
+    try:
+        for user_id in random.Random(3).sample(users, min(samples, len(users))):
+            try:
+                profile = dict(client.get(index=settings.alias("users"), id=user_id)["_source"])
+            except Exception:  # an unknown user scores as a cold start
+                profile = {}
+            now = datetime.now(timezone.utc)
+            started = time.perf_counter()
+            scorer._features(profile, candidates, now)
+            features_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            scorer.score(profile, candidates, now)
+            total_ms.append((time.perf_counter() - started) * 1000)
+    finally:
+        client.close()
+    return {"candidates": n, "samples": len(total_ms), "features_p50_ms": percentiles(features_ms)["p50"],
+            "total_p50_ms": percentiles(total_ms)["p50"], "total_p99_ms": percentiles(total_ms)["p99"]}
 
 
 def cpu_model() -> str:
