@@ -206,8 +206,8 @@ def test_two_workers_score_requests(rec_settings):
 
 
 def test_missing_workers_answer_in_fused_order(rec_settings):
-    gone = rec_settings.model_copy(update={"worker_urls": [f"http://127.0.0.1:{free_port()}"]})
-    with TestClient(create_app(gone)) as client:
+    no_listener = rec_settings.model_copy(update={"worker_urls": [f"http://127.0.0.1:{free_port()}"]})
+    with TestClient(create_app(no_listener)) as client:
         body = get(client, k=10, explain="true").json()
     assert body["degraded"] is True
     fused = [item["fused_score"] for item in body["items"]]

@@ -47,7 +47,7 @@ class WorkerProcess:
 
 def start_workers(env: dict[str, str], delays_ms: list[float], loader: str = FIXTURE_LOADER,
                   timeout_s: float = 120.0) -> list[WorkerProcess]:
-    """Start one worker per entry of ``delays_ms`` at once and wait until each answers /status."""
+    """Start one worker per entry of ``delays_ms`` at once and wait until each returns 200 on /status."""
     workers = [launch_worker(env, delay_ms, loader) for delay_ms in delays_ms]
     try:
         for worker in workers:
@@ -61,7 +61,7 @@ def start_workers(env: dict[str, str], delays_ms: list[float], loader: str = FIX
 
 def start_worker(env: dict[str, str], delay_ms: float = 0.0, loader: str = FIXTURE_LOADER,
                  timeout_s: float = 120.0) -> WorkerProcess:
-    """Start `vidrec worker` on a free port with ``env`` (VIDREC_* settings) and wait until /status answers."""
+    """Start `vidrec worker` on a free port with ``env`` (VIDREC_* settings) and wait until /status returns 200."""
     worker = launch_worker(env, delay_ms, loader)
     wait_ready(worker, timeout_s)
     return worker
