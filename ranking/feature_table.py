@@ -87,7 +87,7 @@ class VideoFeatureTable:
     def rows(self, video_ids: Iterable[str]) -> np.ndarray:
         """Return the rows of ``video_ids`` as int64, ``UNKNOWN_ROW`` for unknown ids."""
         get = self._row_of.get
-        return np.fromiter((get(str(v), UNKNOWN_ROW) for v in video_ids), dtype=np.int64)
+        return np.array([get(v if isinstance(v, str) else str(v), UNKNOWN_ROW) for v in video_ids], dtype=np.int64)
 
     def set_popularity(self, counts: dict[str, float]) -> int:
         """Replace the watch counts of the given videos with live values; return how many were found."""

@@ -384,30 +384,40 @@ class FeatureEncoder:
         out[:, 2] = np.log1p(popularity.counts(rows, t))
         out[:, 3] = [c.fused_score for c in candidates]
 
+        # Channel flags, inverse ranks and raw scores, gathered in lists and written in one step each.
         channel_base = 4
         n_channels = len(CHANNELS)
         channel_position = {name: i for i, name in enumerate(CHANNELS)}
-        out[:, channel_base + 2 * n_channels: channel_base + 3 * n_channels] = np.nan
+        hit_rows, hit_channels, hit_ranks, hit_scores = [], [], [], []
         for i, candidate in enumerate(candidates):
             for hit in candidate.sources:
                 position = channel_position.get(hit.channel)
                 if position is None:
                     _warn_unknown_channel(hit.channel)
                     continue
-                out[i, channel_base + position] = 1.0
-                out[i, channel_base + n_channels + position] = 1.0 / max(int(hit.rank), 1)
-                out[i, channel_base + 2 * n_channels + position] = float(hit.score)
+                hit_rows.append(i)
+                hit_channels.append(position)
+                hit_ranks.append(max(int(hit.rank), 1))
+                hit_scores.append(float(hit.score))
+        out[:, channel_base + 2 * n_channels: channel_base + 3 * n_channels] = np.nan
+        hit_rows_array = np.array(hit_rows, dtype=np.int64)
+        hit_channels_array = np.array(hit_channels, dtype=np.int64)
+        out[hit_rows_array, channel_base + hit_channels_array] = 1.0
+        out[hit_rows_array, channel_base + n_channels + hit_channels_array] = 1.0 / np.array(hit_ranks, dtype=np.float64)
+        out[hit_rows_array, channel_base + 2 * n_channels + hit_channels_array] = np.array(hit_scores, dtype=np.float64)
 
+        # Previous impressions: log count, log hours since the last one, never-shown flag.
         base = channel_base + 3 * n_channels
-        for i, candidate in enumerate(candidates):
-            shown = user.impressions.get(str(candidate.video_id))
-            if shown is None or shown[0] <= 0:
-                out[i, base: base + 3] = (np.nan, np.nan, 1.0)
-                continue
-            hours = (t - shown[1]) / 3600.0 if shown[1] is not None else math.nan
-            out[i, base: base + 3] = (math.log1p(shown[0]), math.log1p(max(hours, 0.0)), 0.0)
+        out[:, base: base + 3] = (np.nan, np.nan, 1.0)
+        if user.impressions:
+            for i, candidate in enumerate(candidates):
+                shown = user.impressions.get(str(candidate.video_id))
+                if shown is None or shown[0] <= 0:
+                    continue
+                hours = (t - shown[1]) / 3600.0 if shown[1] is not None else math.nan
+                out[i, base: base + 3] = (math.log1p(shown[0]), math.log1p(max(hours, 0.0)), 0.0)
 
-        embeddings = np.asarray(self.table.text_embedding[rows], dtype=np.float64)
+        embeddings = np.asarray(self.table.text_embedding[rows], dtype=np.float32)
         norms = self.table.text_norm[rows].astype(np.float64)
         out[:, base + 3], missing = _cosine(embeddings, norms, user.history_vector)
         out[:, base + 4] = missing
@@ -435,7 +445,7 @@ def _cosine(embeddings: np.ndarray, norms: np.ndarray, vector: np.ndarray | None
     if vector is None or not np.any(vector):
         return np.zeros(len(norms)), 1.0
     denominator = norms * float(np.linalg.norm(vector))
-    dots = embeddings @ vector.astype(np.float64)
+    dots = (embeddings @ vector.astype(np.float32)).astype(np.float64)
     return np.where(denominator > 0, dots / np.where(denominator > 0, denominator, 1.0), 0.0), 0.0
 
 
