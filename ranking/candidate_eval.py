@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from elasticsearch import AsyncElasticsearch
+from tqdm import tqdm
 
 from app.candidates.channels import MAX_QUERY_CHARS, CandidateRequest
 from app.candidates.merge import fuse
@@ -82,14 +83,19 @@ async def evaluate_recall(world: World, recall_at_n: Sequence[int] = RECALL_AT, 
     client = make_async_client(world.settings, request_timeout_s=60)
     semaphore = asyncio.Semaphore(CONCURRENT_REQUESTS)
 
+    progress = tqdm(total=len(users), desc=f"recall {world.split}", unit="user")
+
     async def one(user_id: str) -> dict[str, list[str]]:
         async with semaphore:
-            return await _user_lists(client, world, user_id, size)
+            lists = await _user_lists(client, world, user_id, size)
+        progress.update(1)
+        return lists
 
     started = time.perf_counter()
     try:
         results = await asyncio.gather(*(one(user) for user in users))
     finally:
+        progress.close()
         await client.close()
 
     rows: dict[str, dict[str, Any]] = {}
@@ -136,7 +142,7 @@ async def evaluate_search(settings: Settings, data_dir: Path, embedder: Embedder
         for mode in SEARCH_MODES:
             recall10, recall100, reciprocal = [], [], []
             started = time.perf_counter()
-            for query in queries:
+            for query in tqdm(queries, desc=f"search {mode}", unit="query"):
                 result = await search_videos(client, settings, embedder, query["q"], k=100, mode=mode)
                 ranked = [item.video_id for item in result.items]
                 rank = ranked.index(query["video_id"]) + 1 if query["video_id"] in ranked else None
