@@ -212,14 +212,14 @@ async def start_recommender(app: FastAPI) -> None:
     """Build the serving state on ``app.state``: aggregator (and local scorer), impressions, fallback, titles."""
     import asyncio
 
-    from app.worker import ScorerLoadError, load_configured_scorer
+    from app.worker import ScorerLoadError, load_warm_scorer
 
     settings: Settings = app.state.settings
     es: AsyncElasticsearch = app.state.es
     local_scorer = None
     if not settings.worker_urls:
         try:
-            local_scorer = await asyncio.to_thread(load_configured_scorer, settings, None)
+            local_scorer = await asyncio.to_thread(load_warm_scorer, settings, None)
             logger.info("in-process scorer loaded: model_version=%s", local_scorer.model_version)
         except ScorerLoadError as error:
             logger.warning("no in-process scorer, responses keep the fused order: %s", error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from app.settings import Settings
 
@@ -22,6 +23,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.main import create_app
+
+    # httpx logs every call to a ranking worker at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0

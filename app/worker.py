@@ -60,6 +60,23 @@ def load_configured_scorer(settings: Settings, version: str | None = None) -> Sc
                               f"with {settings.scorer_loader} failed: {error}") from error
 
 
+def warm_up(scorer: Scorer) -> None:
+    """Score one cold-start batch of unknown ids, so the first real request does not pay for lazy
+    initialisation (torch kernels, memory maps)."""
+    from datetime import datetime, timezone
+
+    from app.candidates.types import Candidate
+
+    scorer.score({}, [Candidate(video_id=f"warm-up-{i}") for i in range(64)], datetime.now(timezone.utc))
+
+
+def load_warm_scorer(settings: Settings, version: str | None = None) -> Scorer:
+    """Load a scorer with ``load_configured_scorer`` and warm it up before it serves."""
+    scorer = load_configured_scorer(settings, version)
+    warm_up(scorer)
+    return scorer
+
+
 def pin_threads(threads: int) -> None:
     """Limit BLAS and torch to ``threads`` threads (torch: one inter-op thread), so workers share cores.
 
@@ -101,7 +118,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
         started = time.perf_counter()
         try:
             state["scorer"] = await asyncio.get_running_loop().run_in_executor(
-                executor, load_configured_scorer, settings, None)
+                executor, load_warm_scorer, settings, None)
         except ScorerLoadError as error:
             # The worker stays up without a model: /score answers 503 until a load succeeds.
             logger.error("worker %s has no model yet, retrying every %.0f s or on POST /reload: %s",
@@ -188,7 +205,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
         previous = state["scorer"].model_version if state["scorer"] else None
         try:
             scorer = await asyncio.get_running_loop().run_in_executor(
-                None, load_configured_scorer, settings, version)
+                None, load_warm_scorer, settings, version)
         except ScorerLoadError as error:
             state["last_reload_error"] = str(error)
             logger.error("worker %s kept model_version=%s: %s", worker_id, previous, error)
