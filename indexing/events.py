@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.settings import Settings
 from indexing.embed import query_text
 from indexing.profiles import apply_events
-from indexing.records import (NOT_INTERESTED, WATCH, ImpressionEvent, SearchEvent, WatchEvent, format_ts,
-                              parse_ts)
+from indexing.records import (NOT_INTERESTED, WATCH, ImpressionEvent, SearchEvent, Video, WatchEvent,
+                              format_ts, parse_ts)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,47 @@ class ImpressionIn(_VideoEvent):
 class SearchIn(_EventBase):
     type: Literal["search"]
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+
+
+class VideoIn(BaseModel):
+    """A catalog entry. ``published_at`` is ISO 8601 with an offset or epoch milliseconds."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    title: str = Field(min_length=1, max_length=1000)
+    description: str | None = Field(None, max_length=20_000)
+    tags: list[str] = Field(default_factory=list, max_length=200)
+    category: list[str] = Field(default_factory=list, max_length=20)
+    channel_id: str | None = Field(None, max_length=256)
+    channel_title: str | None = Field(None, max_length=1000)
+    language: str | None = Field(None, max_length=35)
+    published_at: int | str | None = None
+    duration_s: float | None = Field(None, ge=0)
+    view_count: int | None = Field(None, ge=0)
+    like_count: int | None = Field(None, ge=0)
+    comment_count: int | None = Field(None, ge=0)
+    available: bool = True
+    regions_allowed: list[str] = Field(default_factory=list, max_length=300)
+    min_age: int | None = Field(None, ge=0, le=21)
+
+    @field_validator("published_at")
+    @classmethod
+    def _check_time(cls, value: int | str | None) -> int | str | None:
+        if value is not None:
+            parse_ts(value)
+        return value
+
+
+def video_from_input(video_id: str, body: VideoIn, source: str | None) -> Video:
+    """Turn a validated catalog entry into a Video record."""
+    published_ms = parse_ts(body.published_at) if body.published_at is not None else None
+    published_at = format_ts(published_ms) if published_ms is not None else None
+    return Video(video_id=video_id, title=body.title, description=body.description, tags=body.tags,
+                 category=body.category, channel_id=body.channel_id, channel_title=body.channel_title,
+                 language=body.language, source=source, published_at=published_at,
+                 year=int(published_at[:4]) if published_at else None, duration_s=body.duration_s,
+                 view_count=body.view_count, like_count=body.like_count, comment_count=body.comment_count,
+                 available=body.available, regions_allowed=body.regions_allowed, min_age=body.min_age)
 
 
 EVENT_MODELS = {"watch": WatchIn, "not_interested": NotInterestedIn, "impression": ImpressionIn, "search": SearchIn}

@@ -225,11 +225,12 @@ class UserRecord:
     location: dict[str, float] | None = None
     region: str | None = None
     country: str | None = None
+    geohash: str | None = None
 
     def to_fields(self) -> dict[str, Any]:
         values = {"age": self.age, "gender": self.gender, "occupation": self.occupation,
                   "zip_code": self.zip_code, "location": self.location, "region": self.region,
-                  "country": self.country}
+                  "country": self.country, "geohash": self.geohash}
         return {key: value for key, value in values.items() if value is not None}
 
 

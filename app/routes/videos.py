@@ -9,49 +9,20 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.routes.events import load_encoder
 from app.security import require_read_key, require_write_key
 from app.settings import Settings
 from indexing.embed import text_hash, video_text
+from indexing.events import VideoIn, video_from_input
 from indexing.indices import VERSION_PATTERN
-from indexing.records import Video, format_ts, parse_ts
+from indexing.records import format_ts
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 
 VIDEO_ID = Path(pattern=r"^[^\s/]{1,256}$", description="video id, 1 to 256 characters without spaces or /")
-
-
-class VideoIn(BaseModel):
-    """A catalog entry. ``published_at`` is ISO 8601 with an offset or epoch milliseconds."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    title: str = Field(min_length=1, max_length=1000)
-    description: str | None = Field(None, max_length=20_000)
-    tags: list[str] = Field(default_factory=list, max_length=200)
-    category: list[str] = Field(default_factory=list, max_length=20)
-    channel_id: str | None = Field(None, max_length=256)
-    channel_title: str | None = Field(None, max_length=1000)
-    language: str | None = Field(None, max_length=35)
-    published_at: int | str | None = None
-    duration_s: float | None = Field(None, ge=0)
-    view_count: int | None = Field(None, ge=0)
-    like_count: int | None = Field(None, ge=0)
-    comment_count: int | None = Field(None, ge=0)
-    available: bool = True
-    regions_allowed: list[str] = Field(default_factory=list, max_length=300)
-    min_age: int | None = Field(None, ge=0, le=21)
-
-    @field_validator("published_at")
-    @classmethod
-    def _check_time(cls, value: int | str | None) -> int | str | None:
-        if value is not None:
-            parse_ts(value)
-        return value
 
 
 async def version_indices(client: AsyncElasticsearch, alias: str) -> list[str]:
@@ -64,14 +35,7 @@ async def version_indices(client: AsyncElasticsearch, alias: str) -> list[str]:
 
 
 def video_document(video_id: str, body: VideoIn, settings: Settings) -> tuple[dict[str, Any], str]:
-    published_ms = parse_ts(body.published_at) if body.published_at is not None else None
-    video = Video(video_id=video_id, title=body.title, description=body.description, tags=body.tags,
-                  category=body.category, channel_id=body.channel_id, channel_title=body.channel_title,
-                  language=body.language, source="api",
-                  published_at=format_ts(published_ms) if published_ms is not None else None,
-                  duration_s=body.duration_s, view_count=body.view_count, like_count=body.like_count,
-                  comment_count=body.comment_count, available=body.available,
-                  regions_allowed=body.regions_allowed, min_age=body.min_age)
+    video = video_from_input(video_id, body, source="api")
     text = video_text(video.title, video.tags, video.description, settings.embedding_max_chars)
     return video.to_source(), text
 
