@@ -1,11 +1,11 @@
 """Offline evaluation of the ranking stage on a MovieLens evaluation world (``vidrec evaluate ranking``).
 
-In one run: build the ranking world and its impressions, train logistic
-regression and the MLP on them, report AUC and log loss on the intact test
-impressions, then rank each user's candidates as of their test split inside
-the evaluation world and compute NDCG@10, Recall@10, Recall@100 and MAP@100
-against the held-out watches, with bootstrap 95% confidence intervals over
-users, for these systems:
+One run builds the ranking world and its impressions, trains logistic
+regression and the MLP on them, and reports AUC and log loss on the intact
+test impressions. It then ranks each user's candidates as of their test
+split inside the evaluation world. NDCG@10, Recall@10, Recall@100 and
+MAP@100 against the held-out watches, with bootstrap 95% confidence
+intervals over users, are reported for these systems:
 
 - ``candidates+mlp``: candidates, then the MLP (the full pipeline);
 - ``candidates+lr``: candidates reranked by logistic regression;

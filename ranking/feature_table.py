@@ -171,6 +171,18 @@ def build_table(records: Sequence[dict[str, Any]], dims: int) -> VideoFeatureTab
     return VideoFeatureTable(video_ids, embedding, category, duration, published, popularity)
 
 
+def read_popularity(client: Any, index: str, batch_size: int = 5000) -> dict[str, float]:
+    """Return the current ``watch_count`` of every video in the videos index (alias ``index``)."""
+    from elasticsearch import helpers
+
+    counts = {}
+    for hit in helpers.scan(client, index=index, query={"query": {"exists": {"field": "watch_count"}}},
+                            _source=["video_id", "watch_count"], size=batch_size):
+        source = hit["_source"]
+        counts[str(source["video_id"])] = float(source["watch_count"])
+    return counts
+
+
 def export_table(client: Any, index: str, dims: int, batch_size: int = 1000) -> VideoFeatureTable:
     """Scan the videos index (alias ``index``) and build the table from every document."""
     from elasticsearch import helpers

@@ -4,12 +4,12 @@ A request's features fall into three blocks, in the order the first layer of
 every ranking model reads them:
 
 - user block, once per request: the mean stored query embedding of the last
-  M queries, age (standardized) and gender (one-hot) with explicit missing
-  indicators, and the request time (month, ISO week, day of week and hour of
-  day as sin/cos pairs, plus a public-holiday flag from the ``holidays``
-  package for the user's country when it is known). Two learned parts follow
-  inside the model: the mean video-id embedding of the last N watched ids and
-  a location-bucket embedding.
+  M queries, and age (standardized) and gender (one-hot) with explicit missing
+  indicators. The request time follows as sin/cos pairs of month, ISO week,
+  day of week and hour of day, plus a public-holiday flag from the
+  ``holidays`` package for the user's country when it is known. Two learned
+  parts follow inside the model: the mean video-id embedding of the last N
+  watched ids and a location-bucket embedding.
 - video block, static per video and precomputed per model version: text
   embedding, category one-hot, log duration, and the learned id embedding.
 - dynamic block, per (user, candidate): video age at request time, log
@@ -183,7 +183,7 @@ class PopularityTimeline:
         order = np.lexsort((timestamps, rows))
         self._origin = float(timestamps.min()) if len(timestamps) else 0.0
         times = timestamps[order].astype(np.float64) - self._origin
-        # One sorted key per event, row-major then time, so one searchsorted answers every row at once.
+        # One sorted key per event, row-major then time, so one searchsorted returns the counts of every row.
         self._span = float(times.max()) + 2.0 if len(times) else 2.0
         self._keys = rows[order].astype(np.float64) * self._span + times
         self._start = np.searchsorted(rows[order], np.arange(size), side="left")

@@ -3,10 +3,9 @@
 The first linear layer is split by input block (notation as in
 ``ranking.models``): W x + b = W_u x_u + W_v x_v + W_d x_d + b. The video
 part W_v x_v + b is computed for every row of the feature table when the
-scorer loads a model version, so a request computes the user part once
-(including the history bag and the location embedding) and only the small
-dynamic part per candidate: O(H1 * (Du + N * Dd)) instead of
-O(N * H1 * (Du + Dv + Dd)).
+scorer loads a model version. A request then computes the user part once,
+history bag and location embedding included, and only the small dynamic part
+per candidate: O(H1 * (Du + N * Dd)) instead of O(N * H1 * (Du + Dv + Dd)).
 
 A request carries the user's profile once and the candidate ids with their
 channel ranks and scores; the scorer looks every video-side feature up in its
@@ -57,6 +56,13 @@ class BatchScorer:
             self._w_dynamic = weight[:, shape.user_width + shape.video_width:].T.contiguous()
             all_rows = torch.arange(model.video_static.shape[0])
             self._video_first = (model.video_block(all_rows) @ self._w_video + model.layers[0].bias).contiguous()
+
+    def refresh_popularity(self, counts: dict[str, float]) -> int:
+        """Replace the popularity feature's watch counts with live values (see ``feature_table.read_popularity``).
+
+        Returns how many of the given ids the table holds.
+        """
+        return self.encoder.table.set_popularity(counts)
 
     def _features(self, profile: dict[str, Any], candidates: Sequence[Candidate], request_time: datetime | float):
         user = self.encoder.encode_user(profile or {}, request_timestamp(request_time))

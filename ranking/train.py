@@ -57,12 +57,16 @@ def set_seeds(seed: int) -> None:
 def build_model(data: TrainingData, kind: str, hidden: tuple[int, ...] | None = None) -> Ranker:
     """Create an untrained model sized for ``data``'s encoder."""
     encoder = data.encoder
+    if kind != "mlp":
+        hidden = ()
+    elif hidden is None:
+        hidden = DEFAULT_HIDDEN[kind]
     shape = ModelShape(
         kind=kind, user_dense=encoder.user_width, video_static=encoder.video_width,
         dynamic=data.splits["train"].dynamic.shape[1], id_count=encoder.vocab.id_count,
         location_count=encoder.vocab.location_count, id_embedding_dims=encoder.config.id_embedding_dims,
         location_embedding_dims=encoder.config.location_embedding_dims,
-        hidden=tuple(DEFAULT_HIDDEN[kind] if hidden is None else hidden) if kind == "mlp" else (),
+        hidden=tuple(hidden),
     )
     return Ranker(shape, torch.from_numpy(encoder.video_matrix()), torch.from_numpy(encoder.table_id_index))
 

@@ -3,11 +3,11 @@
 Protocol, per user with at least ``min_watches`` ratings sorted by time:
 
 1. The last ``test_fraction`` of the watches are the test set; the split time
-   s_u is the time of the first test watch. The evaluation world holds every
-   user's watches before s_u.
+   s_u is the time of the first test watch. The evaluation world contains
+   every user's watches before s_u.
 2. Inside that pre-test history a nested split gives the ranking cutoff c_u
    (the time of the first of the last ``label_fraction`` pre-test watches).
-   The ranking world holds every user's watches before c_u.
+   The ranking world contains every user's watches before c_u.
 3. Candidate generation runs for each user as of c_u inside the ranking world;
    a candidate watched in [c_u, s_u) is a positive, every other candidate a
    negative. So the negatives are what the system would have shown at c_u.
@@ -131,7 +131,7 @@ def nested_splits(test_splits: dict[str, UserSplit], fraction: float, min_watche
 
 
 class World:
-    """What is known inside one world: each user's watches before their cutoff, and models fitted on them."""
+    """The state of one world: each user's watches before their cutoff, and models fitted on them."""
 
     def __init__(self, data: MovieLensData, splits: dict[str, UserSplit], settings: Settings,
                  cf_iterations: int = 15, seed: int = 13):

@@ -58,3 +58,13 @@ def test_export_table_from_videos_index(es, settings):
     assert table.popularity[row] == 7.0
     assert table.duration_s[row] == 5400.0
     assert table.text_norm[table.row("m2")] == 0.0
+
+
+@pytest.mark.es
+def test_read_popularity_from_videos_index(es, settings):
+    from ranking.feature_table import read_popularity
+
+    ensure_index(es, "videos", settings)
+    es.index(index=settings.alias("videos"), id="m1", document={"video_id": "m1", "watch_count": 9}, refresh=True)
+    es.index(index=settings.alias("videos"), id="m2", document={"video_id": "m2"}, refresh=True)
+    assert read_popularity(es, settings.alias("videos")) == {"m1": 9.0}

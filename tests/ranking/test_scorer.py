@@ -79,3 +79,15 @@ def test_artifacts_unknown_version(settings):
         resolve_version(settings.model_dir, "latest")
     with pytest.raises(ModelNotFoundError, match="'mlp-x' not found"):
         resolve_version(settings.model_dir, "mlp-x")
+
+
+def test_scorer_refresh_popularity_changes_scores(trained):
+    world, data, models = trained
+    scorer = BatchScorer(models["mlp"], data.encoder, KEEP, "test")
+    request = world.requests[0]
+    before = scorer.score(request.profile, request.candidates, request.request_time)
+    video_id = request.candidates[0].video_id
+    assert scorer.refresh_popularity({video_id: 1e6, "not-in-table": 5}) == 1
+    after = scorer.score(request.profile, request.candidates, request.request_time)
+    assert after[0] != pytest.approx(before[0], abs=1e-7)
+    np.testing.assert_allclose(after[1:], before[1:], rtol=1e-6)
