@@ -41,6 +41,7 @@ def _add_world_options(parser: argparse.ArgumentParser) -> None:
                         help="fraction of training negatives kept; validation and test keep all (default 0.25)")
     parser.add_argument("--max-users", type=int, help="use at most this many users (default all)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of sampling and training (default 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,7 +104,8 @@ def run_train_ranker(args: argparse.Namespace, settings: Settings) -> int:
     worlds = prepare_ranking_world(settings, folder, cap=args.cap, max_users=args.max_users, data=data)
     training = build_training_data(worlds.requests, data.table, worlds.ranking_world.popularity,
                                    negative_keep=args.negative_keep, seed=args.seed)
-    config = TrainConfig(kind=args.model, epochs=args.epochs, seed=args.seed, weight_positives=args.weight_positives)
+    config = TrainConfig(kind=args.model, epochs=args.epochs, seed=args.seed, weight_positives=args.weight_positives,
+                         threads=args.threads)
     result = train_model(training, config)
     metrics = impression_metrics(result, training.splits["test"], args.negative_keep)
     meta = {
@@ -130,7 +132,7 @@ def run_evaluate_ranking(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     report = evaluate_ranking(settings, folder, args.output_dir, cap=args.cap, negative_keep=args.negative_keep,
                               bootstrap=args.bootstrap, max_users=args.max_users, seed=args.seed,
-                              save=args.save_models)
+                              save=args.save_models, threads=args.threads)
     print(format_report(report))
     print(json.dumps(report["training"]))
     print(f"wrote {args.output_dir / 'report.json'}, reliability.png and metrics.png in {report['seconds']:.0f} s")

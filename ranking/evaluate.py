@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -55,10 +56,11 @@ def impression_metrics(result: TrainResult, split: ExampleSplit, negative_keep: 
     }
 
 
-def train_both(worlds: RankingWorlds, negative_keep: float, seed: int) -> tuple[TrainingData, dict[str, TrainResult]]:
+def train_both(worlds: RankingWorlds, negative_keep: float, seed: int,
+               threads: int = 1) -> tuple[TrainingData, dict[str, TrainResult]]:
     training = build_training_data(worlds.requests, worlds.data.table, worlds.ranking_world.popularity,
                                    negative_keep=negative_keep, seed=seed)
-    results = {kind: train_model(training, TrainConfig(kind=kind, seed=seed)) for kind in ("lr", "mlp")}
+    results = {kind: train_model(training, TrainConfig(kind=kind, seed=seed, threads=threads)) for kind in ("lr", "mlp")}
     return training, results
 
 
@@ -97,19 +99,23 @@ def summarize(rows: dict[str, list[dict[str, float]]], samples: int, seed: int) 
 
 def evaluate_ranking(settings: Settings, data_dir: Path, output_dir: Path, cap: int = 500,
                      negative_keep: float = 0.25, bootstrap: int = 1000, max_users: int | None = None,
-                     seed: int = 0, save: bool = False) -> dict[str, Any]:
+                     seed: int = 0, save: bool = False, threads: int = 1) -> dict[str, Any]:
     """Run the whole evaluation; write report.json, reliability.png and metrics.png under ``output_dir``."""
     from ranking.artifacts import code_version, save_model
 
     started = time.perf_counter()
+    stages: dict[str, float] = {}
     worlds = prepare_ranking_world(settings, data_dir, cap=cap, max_users=max_users)
-    training, results = train_both(worlds, negative_keep, seed)
+    stages["ranking_world_s"] = time.perf_counter() - started
+    training, results = train_both(worlds, negative_keep, seed, threads)
+    stages["training_s"] = time.perf_counter() - started - sum(stages.values())
     impressions = {kind: impression_metrics(result, training.splits["test"], negative_keep)
                    for kind, result in results.items()}
     eval_world = World(worlds.data, worlds.test_splits, settings)
     scorers = {kind: BatchScorer(result.model, training.encoder, negative_keep, kind,
                                  popularity=eval_world.popularity) for kind, result in results.items()}
     rows = rank_users(eval_world, scorers, cap)
+    stages["evaluation_world_and_ranking_s"] = time.perf_counter() - started - sum(stages.values())
     report = {
         "dataset": str(data_dir), "protocol": "per-user chronological split, last 20% of watches held out; "
         "ranking labels from a nested 20% split of the pre-test history",
@@ -119,7 +125,9 @@ def evaluate_ranking(settings: Settings, data_dir: Path, output_dir: Path, cap: 
                             "epochs_run": len(r.history), "train_examples": training.splits["train"].size}
                      for kind, r in results.items()},
         "impressions": impressions, "top_k": summarize(rows, bootstrap, seed),
-        "code_version": code_version(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "code_version": code_version(), "stages": stages,
+        "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
+                    "torch_threads": threads},
         "seconds": time.perf_counter() - started,
     }
     if save:
