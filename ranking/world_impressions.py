@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ from ranking.features import PopularityTimeline
 from ranking.training_data import ImpressionRequest
 
 logger = logging.getLogger(__name__)
+
+# A MovieLens title ends with the release year in parentheses, as "Heat (1995)".
+TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-–]\s*\d{4})?\s*\)\s*$")
 
 
 @dataclass
@@ -81,8 +85,14 @@ def load_movielens(folder: Path, settings: Settings, embedder: Any | None = None
             movies.append((row["movieId"], row["title"].strip(), genres))
     texts = [video_text(title, genres, None, settings.embedding_max_chars) for _, title, genres in movies]
     vectors = embedder.encode(texts, description="movie embeddings")
-    records = [{"video_id": movie_id, "text_embedding": vector, "category": genres[0] if genres else ""}
-               for (movie_id, _, genres), vector in zip(movies, vectors)]
+    records = []
+    for (movie_id, title, genres), vector in zip(movies, vectors):
+        record = {"video_id": movie_id, "text_embedding": vector, "category": genres[0] if genres else ""}
+        year = TITLE_YEAR.search(title)
+        if year:
+            # Published on January 1 of the release year, as the MovieLens loader indexes it.
+            record["published_at"] = f"{year.group(1)}-01-01T00:00:00Z"
+        records.append(record)
 
     watches: dict[str, list[Watch]] = defaultdict(list)
     with open(folder / "ratings.csv", newline="", encoding="utf-8") as handle:

@@ -37,6 +37,16 @@ def movielens(tmp_path):
     return settings, load_movielens(tmp_path, settings, embedder=HashEmbedder())
 
 
+def test_load_movielens_table(movielens):
+    _, data = movielens
+    table = data.table
+    row = table.row("2")
+    assert table.category[row] == "Drama"
+    assert table.published_at[row] == pytest.approx(915148800.0)  # 1999-01-01 UTC
+    assert table.popularity.sum() == 80
+    assert len(data.watches["1"]) == 10
+
+
 def test_split_users_holds_out_last_fraction():
     watches = {"u": [Watch(str(i), float(i), 4.0) for i in range(10)], "short": [Watch("a", 1.0, 3.0)]}
     splits = split_users(watches, 0.2, min_watches=5)
