@@ -74,12 +74,13 @@ def _failure_reason(info: dict[str, Any]) -> str:
 
 def bulk_write(client: Elasticsearch, actions: Iterable[dict[str, Any]], settings: Settings,
                description: str = "bulk", total: int | None = None, show_progress: bool = True,
-               keep_created_ids: bool = False) -> BulkResult:
+               keep_created_ids: bool = False, require_alias: bool = True) -> BulkResult:
     """Write ``actions`` (``streaming_bulk`` action dicts) and return the counts and failures.
 
     A ``create`` answered with 409 counts as a duplicate: the document with that id
     already exists, which is how a reloaded file or a retried post is stored once.
-    ``keep_created_ids`` collects the ids that were newly created.
+    ``keep_created_ids`` collects the ids that were newly created. ``require_alias=False``
+    is only for writes to a concrete index, such as a reindex into the next version.
     """
     result = BulkResult()
     started = time.perf_counter()
@@ -88,7 +89,7 @@ def bulk_write(client: Elasticsearch, actions: Iterable[dict[str, Any]], setting
         chunk_size=settings.bulk_chunk_docs, max_chunk_bytes=settings.bulk_chunk_bytes,
         raise_on_error=False, raise_on_exception=False,
         max_retries=settings.bulk_max_retries, initial_backoff=1.0, max_backoff=settings.bulk_max_backoff_s,
-        yield_ok=True, require_alias=True,
+        yield_ok=True, require_alias=require_alias,
     )
     with tqdm(total=total, desc=description, unit="doc", disable=not show_progress) as progress:
         for ok, item in stream:
