@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def print_report(report) -> None:
     print(f"source:   {report.source}")
-    print(f"loaded:   {report.total_loaded} ({', '.join(f'{k} {v}' for k, v in sorted(report.loaded.items()))})")
+    loaded = ", ".join(f"{name} {value}" for name, value in sorted(report.loaded.items()) if value) or "nothing new"
+    print(f"loaded:   {report.total_loaded} ({loaded})")
     print(f"skipped:  {sum(report.skipped.values())} already stored "
           f"({', '.join(f'{k} {v}' for k, v in sorted(report.skipped.items()) if v) or 'none'})")
     print(f"rejected: {report.rejected} ({len(report.row_errors)} input rows, "
