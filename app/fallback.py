@@ -134,6 +134,27 @@ class TitleCache:
         self.capacity = capacity
         self.titles: collections.OrderedDict[str, str] = collections.OrderedDict()
 
+    async def preload(self, client: AsyncElasticsearch) -> int:
+        """Read titles of up to ``capacity`` videos in the background, so requests rarely need an _mget.
+
+        Returns the number read; a failure is logged and leaves the cache to fill per request.
+        """
+        from elasticsearch.helpers import async_scan
+
+        read = 0
+        try:
+            async for hit in async_scan(client, index=self.index, query={"query": {"match_all": {}}},
+                                        _source=["title"], size=5000, scroll="1m"):
+                if hit["_id"] not in self.titles:
+                    self._put(hit["_id"], str(hit["_source"].get("title") or ""))
+                read += 1
+                if read >= self.capacity:
+                    break
+        except (TransportError, ApiError) as error:
+            logger.warning("preloading titles from %s stopped after %d: %r", self.index, read, error)
+        logger.info("title cache preloaded with %d titles from %s", read, self.index)
+        return read
+
     def put_many(self, videos: Iterable[dict[str, Any]]) -> None:
         for video in videos:
             if video.get("video_id") is not None:

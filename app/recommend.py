@@ -232,6 +232,7 @@ async def start_recommender(app: FastAPI) -> None:
     popular.start(es)
     titles = TitleCache(settings)
     titles.put_many(popular.videos)
+    preload = asyncio.create_task(titles.preload(es))
 
     impressions = ImpressionLogger(es, settings)
     impressions.start()
@@ -239,10 +240,12 @@ async def start_recommender(app: FastAPI) -> None:
     app.state.popular = popular
     app.state.impressions = impressions
     app.state.recommender = Recommender(settings, es, aggregator, impressions, popular, titles)
+    app.state.title_preload = preload
 
 
 async def stop_recommender(app: FastAPI) -> None:
     """Flush impressions and close the aggregator's connections."""
+    app.state.title_preload.cancel()
     await app.state.popular.close()
     await app.state.impressions.close()
     await app.state.aggregator.close()
