@@ -28,9 +28,9 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Python environment in the cache, keyed by the lock file: the venv records the SHA-256 of the
-# requirements.lock it was synced to, and a changed lock installs only the packages that changed
-# (torch and its CUDA libraries, several GB, are downloaded once).
+# Python environment in the cache, keyed by the lock file. The venv records the SHA-256 of the
+# requirements.lock it was synced to. A changed lock installs only the packages that changed, so
+# torch and its CUDA libraries (several GB) are downloaded once.
 lock="$repo/requirements.lock"
 key="$(sha256sum "$lock" | cut -d' ' -f1)"
 venv="$cache/venv-py311"
