@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -91,9 +90,8 @@ def run_evaluate_candidates(args: argparse.Namespace, settings: Settings) -> int
             print(f"error: unknown split {split!r}; expected per_user or global")
             return 2
     results = evaluate_candidates(settings, Path(data_dir), splits=splits, bootstrap=args.bootstrap,
-                                  max_users=args.max_users, search=not args.skip_search, keep=args.keep)
+                                  max_users=args.max_users, search=not args.skip_search, keep=args.keep,
+                                  output=args.output)
     print(format_tables(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0

@@ -163,8 +163,11 @@ def hardware() -> dict[str, Any]:
 
 def evaluate_candidates(settings: Settings, data_dir: Path, splits: Sequence[str] = ("per_user", "global"),
                         bootstrap: int = 1000, max_users: int | None = None, search: bool = True,
-                        keep: bool = False) -> dict[str, Any]:
-    """Build each split's world, measure candidate recall (and search quality once), and return the tables."""
+                        keep: bool = False, output: Path | None = None) -> dict[str, Any]:
+    """Build each split's world, measure candidate recall (and search quality once), and return the tables.
+
+    With ``output``, the results so far are written there as JSON after each step.
+    """
     client = make_client(settings, request_timeout_s=120)
     embedder = Embedder(settings, show_progress=False)
     results: dict[str, Any] = {"hardware": hardware(), "bootstrap_resamples": bootstrap, "recall": {}}
@@ -176,14 +179,22 @@ def evaluate_candidates(settings: Settings, data_dir: Path, splits: Sequence[str
                 results["recall"][split] = asyncio.run(evaluate_recall(world, max_users=max_users,
                                                                        resamples=bootstrap))
                 results["recall"][split]["build_seconds"] = world.build_seconds
+                _save(results, output)
                 if search and "search" not in results:
                     results["search"] = asyncio.run(evaluate_search(world.settings, data_dir, embedder, bootstrap))
+                    _save(results, output)
             finally:
                 if not keep:
                     delete_world(client, world_settings(settings, split))
     finally:
         client.close()
     return results
+
+
+def _save(results: dict[str, Any], output: Path | None) -> None:
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _cell(stats: dict[str, float]) -> str:

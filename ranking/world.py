@@ -32,7 +32,7 @@ from elasticsearch import Elasticsearch
 from app.settings import Settings
 from indexing import indices
 from indexing.bulk_load import bulk_write, count
-from indexing.catalog import (IngestReport, load_videos, loading, search_actions, update_video_stats,
+from indexing.catalog import (IngestReport, aggregate_video_stats, load_videos, loading, search_actions,
                               watch_actions)
 from indexing.embed import Embedder
 from indexing.movielens import read_movies_csv, read_ratings_csv, read_tags_csv
@@ -163,17 +163,20 @@ def build_world(client: Elasticsearch, settings: Settings, movielens_path: Path 
         indices.create_all(client, config)
         embedder = embedder or Embedder(config, show_progress=show_progress)
         with loading(client, config):
-            load_videos(client, config, videos, embedder, report, show_progress)
             watches = bulk_write(client, watch_actions(result.train, config), config, description="watch events",
                                  total=len(result.train), show_progress=show_progress)
             report.add_bulk("watch-events", watches)
             searches = bulk_write(client, search_actions(queries, embedder, config, report), config,
                                   description="search queries", total=len(queries), show_progress=show_progress)
             report.add_bulk("search-queries", searches)
+            # Popularity comes from the world's own watches, so it stops at the split.
+            client.indices.refresh(index=config.alias("watch-events"))
+            stats = aggregate_video_stats(client, config)
+            video_vectors = load_videos(client, config, videos, embedder, report, stats=stats,
+                                        show_progress=show_progress)
         client.indices.refresh(index=[config.alias(name) for name in ("videos", "watch-events", "search-queries")])
-        update_video_stats(client, config, show_progress)
         users = {event.user_id for event in result.train} | {event.user_id for event in queries}
-        rebuild_profiles(client, config, user_ids=users, show_progress=show_progress)
+        rebuild_profiles(client, config, user_ids=users, video_vectors=video_vectors, show_progress=show_progress)
         client.indices.refresh(index=config.alias("users"))
         if cf:
             cf_report = train_cf(client, config, show_progress=show_progress)

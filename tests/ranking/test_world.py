@@ -2,7 +2,7 @@
 
 import pytest
 
-from indexing.records import WatchEvent
+from indexing.records import WatchEvent, format_ts
 from ranking.world import WorldError, split_watches, world_settings
 
 
@@ -55,3 +55,42 @@ def test_split_rejects_bad_arguments():
 def test_world_prefix_is_separate(settings):
     assert world_settings(settings, "per_user").index_prefix == settings.index_prefix + "eval-peruser-"
     assert world_settings(settings, "global").alias("videos") == settings.index_prefix + "eval-global-videos"
+
+
+def write_movielens(folder):
+    """A tiny ml-latest-small folder: 6 movies, users 1 and 2 with 10 and 5 ratings, one tag each."""
+    folder.mkdir()
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n"
+        + "".join(f"{n},Movie {n} (199{n}),{'Comedy' if n % 2 else 'Drama'}\n" for n in range(1, 7)))
+    (folder / "links.csv").write_text("movieId,imdbId,tmdbId\n" + "".join(f"{n},011{n},{n}\n" for n in range(1, 7)))
+    rows = [f"1,{1 + n % 6},4.0,{964_000_000 + n * 100}\n" for n in range(10)]
+    rows += [f"2,{1 + n},3.0,{964_000_050 + n * 100}\n" for n in range(5)]
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(rows))
+    (folder / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,1,early tag,964000001\n"
+                                     "1,2,late tag,964000950\n")
+    return folder
+
+
+@pytest.mark.es
+def test_build_world_holds_only_training(es, settings, tmp_path):
+    from ranking.world import build_world
+
+    world = build_world(es, settings, write_movielens(tmp_path / "ml"), "per_user", show_progress=False)
+    config = world.settings
+    assert world.test == {"1": ["3", "4"], "2": ["5"]}
+    assert world.train_watches == 12
+    assert es.count(index=config.alias("watch-events"))["count"] == 12
+    assert es.count(index=config.alias("videos"))["count"] == 6
+
+    profile = es.get(index=config.alias("users"), id="1")["_source"]
+    # User 1 watched movies 1..6, 1..4 in turn; the last two watches (3, 4) are held out.
+    assert profile["watched_ids"][0] == "2"
+    assert [query["text"] for query in profile["recent_queries"]] == ["early tag"]  # the late tag is after the split
+    assert world.cf_report is not None
+    assert world.cf_report.events == 12
+    assert world.request_time["2"] == format_ts(964_000_450_000)
+
+    again = build_world(es, settings, tmp_path / "ml", "per_user", reuse=True, cf=False, show_progress=False)
+    assert again.cf_report is None  # found, not rebuilt
+    assert again.test == world.test
