@@ -31,6 +31,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,9 @@ STAGES = ("profile", "msearch", "merge", "scoring", "dispatch", "titles", "total
 @dataclass
 class Config:
     name: str
-    workers: list[str]  # keys into the started workers: "a", "b", "slow"
+    workers: list[str]  # keys into the started workers: "a", "b", "slow", "doomed"
     policy: str = "round_robin"
+    kill: str | None = None  # worker stopped (SIGTERM) halfway through the measured time
 
 
 @dataclass
@@ -117,6 +119,14 @@ def cpu_seconds(pid: int | None) -> float:
     except psutil.Error:
         return float("nan")
     return times.user + times.system
+
+
+def worker_served(url: str) -> int | None:
+    """Return the batches a worker has scored, or None for a worker that no longer answers (a killed one)."""
+    try:
+        return int(httpx.get(f"{url}/status", timeout=5).json()["served"])
+    except httpx.HTTPError:
+        return None
 
 
 def parse_server_timing(header: str) -> dict[str, float]:
@@ -196,6 +206,7 @@ def main() -> int:
         Config("slowed: round_robin", ["a", "slow"], "round_robin"),
         Config("slowed: least_loaded", ["a", "slow"], "least_loaded"),
         Config("slowed: hash(user)", ["a", "slow"], "hash"),
+        Config("killed: 1 of 2 workers halfway", ["a", "doomed"], "round_robin", kill="doomed"),
     ]
     if args.only:
         wanted = {name.strip() for name in args.only.split(",")}
@@ -204,7 +215,10 @@ def main() -> int:
     workers: dict[str, tuple[str, subprocess.Popen]] = {}
     results: list[RunResult] = []
     try:
-        for key, delay in (("a", 0.0), ("b", 0.0), ("slow", args.slow_ms)):
+        started_workers = [("a", 0.0), ("b", 0.0), ("slow", args.slow_ms)]
+        if any(config.kill for config in configs):
+            started_workers.append(("doomed", 0.0))
+        for key, delay in started_workers:
             port = free_port()
             process = start(["worker", "--port", str(port), "--worker-id", key, "--delay-ms", str(delay)],
                             env, logs / f"worker-{key}.log")
@@ -220,20 +234,23 @@ def main() -> int:
             api = start(["serve", "--port", str(port)], api_env, logs / f"api-{len(results)}.log")
             try:
                 wait_ready(f"http://127.0.0.1:{port}/readyz", api)
-                served_before = {key: httpx.get(f"{workers[key][0]}/status").json()["served"] for key in workers}
+                served_before = {key: worker_served(url) for key, (url, _) in workers.items()}
                 pids = {"elasticsearch": es_pid, "api": api.pid, "load generator": os.getpid(),
                         **{f"worker {key}": process.pid for key, (_, process) in workers.items()}}
                 cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 wall_before = time.perf_counter()
+                if config.kill:
+                    threading.Timer(args.warmup + args.duration / 2, stop, args=(workers[config.kill][1],)).start()
                 records, achieved = asyncio.run(open_loop(f"http://127.0.0.1:{port}", users, args.rate,
                                                           args.duration, args.k, seed=7, warmup_s=args.warmup))
                 wall = time.perf_counter() - wall_before
                 cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / wall for name, pid in pids.items()}
-                served = {key: httpx.get(f"{workers[key][0]}/status").json()["served"] - served_before[key]
-                          for key in workers}
+                served_after = {key: worker_served(url) for key, (url, _) in workers.items()}
+                served = {key: after - served_before[key] for key, after in served_after.items()
+                          if after is not None and served_before[key] is not None}
             finally:
                 stop(api)
-            total_served = sum(served[key] for key in config.workers) or 1
+            total_served = sum(served.get(key, 0) for key in config.workers) or 1
             ok = [record for record in records if record["ok"]]
             result = RunResult(
                 config=config.name, requests=len(records), errors=len(records) - len(ok),
@@ -244,7 +261,8 @@ def main() -> int:
                               for stage in STAGES},
                 stage_p99_ms={stage: percentiles([r["stages"][stage] for r in ok if stage in r["stages"]])["p99"]
                               for stage in STAGES},
-                worker_share={key: served[key] / total_served for key in config.workers},
+                # A killed worker's count is gone with it: the share is then that of the survivors only.
+                worker_share={key: served[key] / total_served for key in config.workers if key in served},
                 cpu_s={name: value for name, value in cpu.items()
                        if name in ("elasticsearch", "api", "load generator")
                        or name.removeprefix("worker ") in config.workers},
