@@ -7,7 +7,7 @@ pins torch and BLAS to ``VIDREC_WORKER_THREADS`` threads (one by default), and s
 - ``GET /status``: the model version it serves and its load (requests in progress);
 - ``POST /reload``: loads a model version (JSON ``{"version": ...}``, default
   ``VIDREC_RANKER_VERSION``) beside the current one and swaps it in, so
-  requests keep being answered during the load. Needs the write key.
+  the current model keeps scoring during the load. Needs the write key.
 
 ``/score`` has no key: bind workers to loopback or a private network only.
 """
@@ -120,7 +120,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
             state["scorer"] = await asyncio.get_running_loop().run_in_executor(
                 executor, load_warm_scorer, settings, None)
         except ScorerLoadError as error:
-            # The worker stays up without a model: /score answers 503 until a load succeeds.
+            # The worker stays up without a model, and /score returns 503 until a load succeeds.
             logger.error("worker %s has no model yet, retrying every %.0f s or on POST /reload: %s",
                          worker_id, MODEL_RETRY_S, error)
             return

@@ -1,9 +1,9 @@
 """Serving benchmark: open-loop load on GET /v1/users/{id}/recommendations against a local API.
 
-For each configuration the script starts the API (and uses ranking workers it
-started itself) on 127.0.0.1, sends requests at a fixed rate for real
-MovieLens users whatever the answers' latency (open loop: request i leaves at
-t0 + i / rate), and records per request the status, the latency, the degraded
+For each configuration the script starts the API on 127.0.0.1, with ranking
+workers it started itself. It sends requests for real MovieLens users at a
+fixed rate, whatever their latency (open loop: request i leaves at
+t0 + i / rate). Per request it records the status, the latency, the degraded
 flag and the stage times of the Server-Timing header. Configurations:
 
 - scoring in the API process, on one worker, on two workers (same rate);
@@ -122,7 +122,7 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def worker_served(url: str) -> int | None:
-    """Return the batches a worker has scored, or None for a worker that no longer answers (a killed one)."""
+    """Return the batches a worker has scored, or None when its /status fails (a killed worker)."""
     try:
         return int(httpx.get(f"{url}/status", timeout=5).json()["served"])
     except httpx.HTTPError:
