@@ -95,7 +95,11 @@ class BatchScorer:
         return torch.sigmoid(logits).numpy().astype(np.float32)
 
 
-def load_scorer(settings: Settings, version: str | None = None, threads: int = 1) -> BatchScorer:
-    """Load ``version`` (default ``settings.ranker_version``) from ``settings.model_dir`` as a BatchScorer."""
+def load_scorer(settings: Settings, version: str | None = None, threads: int | None = None) -> BatchScorer:
+    """Load ``version`` (default ``settings.ranker_version``) from ``settings.model_dir`` as a BatchScorer.
+
+    ``threads`` defaults to ``settings.worker_threads``.
+    """
     model, encoder, record = load_model(settings.model_dir, version or settings.ranker_version)
-    return BatchScorer(model, encoder, record["negative_keep"], record["version"], threads=threads)
+    return BatchScorer(model, encoder, record["negative_keep"], record["version"],
+                       threads=threads or settings.worker_threads)
