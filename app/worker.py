@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -40,6 +41,10 @@ MODEL_RETRY_S = 30.0
 
 class ScorerLoadError(RuntimeError):
     """The configured scorer could not be loaded; the message names the loader and the version."""
+
+
+class ReloadInProgress(RuntimeError):
+    """A model load is already running on this worker."""
 
 
 def load_configured_scorer(settings: Settings, version: str | None = None) -> Scorer:
@@ -97,8 +102,22 @@ def pin_threads(threads: int) -> None:
         pass
 
 
-def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms: float = 0.0) -> FastAPI:
-    """Build the worker's FastAPI app. ``delay_ms`` adds a sleep to each batch (load tests of the policies)."""
+def model_dir_signature(model_dir: Path) -> tuple[tuple[str, float], ...]:
+    """Return the names and modification times of the entries of ``model_dir`` (empty when it is missing)."""
+    try:
+        return tuple(sorted((entry.name, entry.stat().st_mtime) for entry in model_dir.iterdir()))
+    except FileNotFoundError:
+        return ()
+
+
+def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms: float = 0.0,
+                      watch_s: float = 0.0) -> FastAPI:
+    """Build the worker's FastAPI app.
+
+    ``delay_ms`` adds a sleep to each batch (load tests of the policies). With ``watch_s`` > 0 the worker
+    checks ``VIDREC_MODEL_DIR`` that often and, when its entries changed, loads ``VIDREC_RANKER_VERSION``
+    again and swaps it in if the version differs from the one served.
+    """
     worker_id = worker_id or f"worker-{os.getpid()}"
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="score")
     state: dict[str, Any] = {"scorer": None, "outstanding": 0, "served": 0, "failed": 0,
@@ -108,9 +127,11 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
         pin_threads(settings.worker_threads)
         await load_or_wait()
         retry = None if state["scorer"] else asyncio.create_task(retry_load())
+        watcher = asyncio.create_task(watch_model_dir()) if watch_s > 0 else None
         yield
-        if retry:
-            retry.cancel()
+        for task in (retry, watcher):
+            if task:
+                task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
         logger.info("worker %s stopped after %d batches", worker_id, state["served"])
 
@@ -134,6 +155,51 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
             await asyncio.sleep(MODEL_RETRY_S)
             if state["scorer"] is None and not state["reloading"]:
                 await load_or_wait()
+
+    async def swap_in(version: str | None) -> tuple[str | None, Scorer]:
+        """Load ``version`` beside the current scorer, then swap; return (previous version, new scorer).
+
+        Raises ScorerLoadError (the current scorer stays) or ReloadInProgress.
+        """
+        if state["reloading"]:
+            raise ReloadInProgress(f"worker {worker_id} is already loading a model")
+        state["reloading"] = True
+        previous = state["scorer"].model_version if state["scorer"] else None
+        try:
+            scorer = await asyncio.get_running_loop().run_in_executor(None, load_warm_scorer, settings, version)
+        except ScorerLoadError as error:
+            state["last_reload_error"] = str(error)
+            logger.error("worker %s kept model_version=%s: %s", worker_id, previous, error)
+            raise
+        finally:
+            state["reloading"] = False
+        state["scorer"] = scorer
+        state["last_reload_error"] = None
+        logger.info("worker %s swapped model old_version=%s new_version=%s", worker_id, previous,
+                    scorer.model_version)
+        return previous, scorer
+
+    async def watch_model_dir() -> None:
+        seen = model_dir_signature(settings.model_dir)
+        while True:
+            await asyncio.sleep(watch_s)
+            current = model_dir_signature(settings.model_dir)
+            if current == seen or state["reloading"]:
+                continue
+            seen = current
+            try:
+                candidate = await asyncio.get_running_loop().run_in_executor(
+                    None, load_configured_scorer, settings, None)
+            except ScorerLoadError as error:
+                logger.warning("worker %s: %s changed but no model loads from it: %s", worker_id,
+                               settings.model_dir, error)
+                continue
+            served = state["scorer"].model_version if state["scorer"] else None
+            if candidate.model_version != served:
+                try:
+                    await swap_in(None)
+                except (ScorerLoadError, ReloadInProgress):
+                    pass  # logged by swap_in; the next change tries again
 
     app = FastAPI(title="vidrec ranking worker", lifespan=lifespan)
     app.state.settings = settings
@@ -199,23 +265,12 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
                 version = json.loads(body).get("version")
             except (ValueError, AttributeError):
                 raise HTTPException(status_code=422, detail='expected a JSON body {"version": "<model version>"}')
-        if state["reloading"]:
-            raise HTTPException(status_code=409, detail=f"worker {worker_id} is already loading a model")
-        state["reloading"] = True
-        previous = state["scorer"].model_version if state["scorer"] else None
         try:
-            scorer = await asyncio.get_running_loop().run_in_executor(
-                None, load_warm_scorer, settings, version)
+            previous, scorer = await swap_in(version)
+        except ReloadInProgress as error:
+            raise HTTPException(status_code=409, detail=str(error)) from None
         except ScorerLoadError as error:
-            state["last_reload_error"] = str(error)
-            logger.error("worker %s kept model_version=%s: %s", worker_id, previous, error)
             raise HTTPException(status_code=422, detail=str(error)) from None
-        finally:
-            state["reloading"] = False
-        state["scorer"] = scorer
-        state["last_reload_error"] = None
-        logger.info("worker %s swapped model old_version=%s new_version=%s", worker_id, previous,
-                    scorer.model_version)
         return JSONResponse({"worker_id": worker_id, "previous_version": previous,
                              "model_version": scorer.model_version})
 
@@ -231,6 +286,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--worker-id", default=None, help="name reported on /status (default worker-<pid>)")
     worker.add_argument("--delay-ms", type=float, default=0.0,
                         help="sleep added to every batch in milliseconds, to test how policies treat a slow worker")
+    worker.add_argument("--watch-s", type=float, default=0.0,
+                        help="check VIDREC_MODEL_DIR every this many seconds and swap in a changed model "
+                             "without a restart (default 0: only on POST /reload)")
     worker.set_defaults(handler=run_worker)
 
 
@@ -240,6 +298,6 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.threads is not None:
         settings = settings.model_copy(update={"worker_threads": args.threads})
     worker_id = args.worker_id or f"worker-{args.port}-{uuid.uuid4().hex[:4]}"
-    app = create_worker_app(settings, worker_id=worker_id, delay_ms=args.delay_ms)
+    app = create_worker_app(settings, worker_id=worker_id, delay_ms=args.delay_ms, watch_s=args.watch_s)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

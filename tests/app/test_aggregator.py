@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 
 import httpx
@@ -307,3 +308,19 @@ async def test_worker_without_model_until_reload(worker_env, workers):
     assert not any(result.degraded for result in results)
     assert reloaded.status_code == 200
     assert status["model_version"] == "fixture-v1"
+
+
+def test_watching_worker_swaps_changed_model(tmp_path):
+    model_dir = tmp_path / "watched-models"
+    model_dir.mkdir()
+    (worker,) = start_workers({"VIDREC_MODEL_DIR": str(model_dir)}, [0], extra_args=("--watch-s", "0.2"))
+    try:
+        assert worker.status()["model_version"] == "fixture-v1"
+        (model_dir / "fixture-version").write_text("fixture-v5")
+        deadline = time.monotonic() + 30
+        while worker.status()["model_version"] != "fixture-v5" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        version = worker.status()["model_version"]
+    finally:
+        worker.stop()
+    assert version == "fixture-v5"

@@ -46,9 +46,9 @@ class WorkerProcess:
 
 
 def start_workers(env: dict[str, str], delays_ms: list[float], loader: str = FIXTURE_LOADER,
-                  timeout_s: float = 120.0) -> list[WorkerProcess]:
+                  timeout_s: float = 120.0, extra_args: tuple[str, ...] = ()) -> list[WorkerProcess]:
     """Start one worker per entry of ``delays_ms`` at once and wait until each returns 200 on /status."""
-    workers = [launch_worker(env, delay_ms, loader) for delay_ms in delays_ms]
+    workers = [launch_worker(env, delay_ms, loader, extra_args) for delay_ms in delays_ms]
     try:
         for worker in workers:
             wait_ready(worker, timeout_s)
@@ -67,13 +67,14 @@ def start_worker(env: dict[str, str], delay_ms: float = 0.0, loader: str = FIXTU
     return worker
 
 
-def launch_worker(env: dict[str, str], delay_ms: float = 0.0, loader: str = FIXTURE_LOADER) -> WorkerProcess:
+def launch_worker(env: dict[str, str], delay_ms: float = 0.0, loader: str = FIXTURE_LOADER,
+                  extra_args: tuple[str, ...] = ()) -> WorkerProcess:
     port = free_port()
     full_env = {**os.environ, **env, "VIDREC_SCORER_LOADER": loader}
     log_file = tempfile.NamedTemporaryFile(prefix=f"vidrec-worker-{port}-", suffix=".log", delete=False)
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "worker", "--port", str(port), "--delay-ms", str(delay_ms),
-         "--worker-id", f"test-{port}"],
+         "--worker-id", f"test-{port}", *extra_args],
         cwd=REPO_ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     log_file.close()
     return WorkerProcess(f"http://127.0.0.1:{port}", process, Path(log_file.name))
