@@ -156,17 +156,23 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
             if state["scorer"] is None and not state["reloading"]:
                 await load_or_wait()
 
-    async def swap_in(version: str | None) -> tuple[str | None, Scorer]:
-        """Load ``version`` beside the current scorer, then swap; return (previous version, new scorer).
+    async def swap_in(version: str | None, loaded: Scorer | None = None) -> tuple[str | None, Scorer]:
+        """Load ``version`` (or warm up ``loaded``) beside the current scorer, then swap.
 
-        Raises ScorerLoadError (the current scorer stays) or ReloadInProgress.
+        Returns (previous version, new scorer). Raises ScorerLoadError (the current scorer stays) or
+        ReloadInProgress.
         """
         if state["reloading"]:
             raise ReloadInProgress(f"worker {worker_id} is already loading a model")
         state["reloading"] = True
         previous = state["scorer"].model_version if state["scorer"] else None
+        loop = asyncio.get_running_loop()
         try:
-            scorer = await asyncio.get_running_loop().run_in_executor(None, load_warm_scorer, settings, version)
+            if loaded is None:
+                scorer = await loop.run_in_executor(None, load_warm_scorer, settings, version)
+            else:
+                await loop.run_in_executor(None, warm_up, loaded)
+                scorer = loaded
         except ScorerLoadError as error:
             state["last_reload_error"] = str(error)
             logger.error("worker %s kept model_version=%s: %s", worker_id, previous, error)
@@ -197,7 +203,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
             served = state["scorer"].model_version if state["scorer"] else None
             if candidate.model_version != served:
                 try:
-                    await swap_in(None)
+                    await swap_in(None, loaded=candidate)
                 except (ScorerLoadError, ReloadInProgress):
                     pass  # logged by swap_in; the next change tries again
 
