@@ -156,7 +156,8 @@ def build_world(client: Elasticsearch, settings: Settings, movielens_path: Path 
     queries = [event for event in read_tags_csv(folder / "tags.csv", report.row_errors)
                if _before_split(event, user_limit, limit_ms)]
 
-    reused = reuse and _world_matches(client, config, len(result.train))
+    users = {event.user_id for event in result.train} | {event.user_id for event in queries}
+    reused = reuse and _world_matches(client, config, len(result.train), len(videos), len(users), cf)
     cf_report = None
     if not reused:
         delete_world(client, config)
@@ -175,7 +176,6 @@ def build_world(client: Elasticsearch, settings: Settings, movielens_path: Path 
             video_vectors = load_videos(client, config, videos, embedder, report, stats=stats,
                                         show_progress=show_progress)
         client.indices.refresh(index=[config.alias(name) for name in ("videos", "watch-events", "search-queries")])
-        users = {event.user_id for event in result.train} | {event.user_id for event in queries}
         rebuild_profiles(client, config, user_ids=users, video_vectors=video_vectors, show_progress=show_progress)
         client.indices.refresh(index=config.alias("users"))
         if cf:
@@ -202,7 +202,15 @@ def _before_split(event: SearchEvent, user_limit: dict[str, int | None], cutoff_
     return limit is None or event.timestamp_ms < limit
 
 
-def _world_matches(client: Elasticsearch, config: Settings, train_watches: int) -> bool:
-    if not indices.concrete_indices(client, config.alias("watch-events")):
+def _world_matches(client: Elasticsearch, config: Settings, train_watches: int, videos: int, users: int,
+                   cf: bool) -> bool:
+    """Return whether the world's indices contain a complete earlier build of the same split."""
+    for name in ("watch-events", "videos", "users"):
+        if not indices.concrete_indices(client, config.alias(name)):
+            return False
+        client.indices.refresh(index=config.alias(name))
+    if count(client, config.alias("watch-events")) != train_watches:
         return False
-    return count(client, config.alias("watch-events")) == train_watches
+    if count(client, config.alias("videos")) != videos or count(client, config.alias("users")) != users:
+        return False
+    return not cf or count(client, config.alias("users"), {"exists": {"field": "cf_model_version"}}) > 0

@@ -94,3 +94,14 @@ def test_build_world_holds_only_training(es, settings, tmp_path):
     again = build_world(es, settings, tmp_path / "ml", "per_user", reuse=True, cf=False, show_progress=False)
     assert again.cf_report is None  # found, not rebuilt
     assert again.test == world.test
+
+
+@pytest.mark.es
+def test_build_world_rebuilds_incomplete(es, settings, tmp_path):
+    from ranking.world import build_world
+
+    folder = write_movielens(tmp_path / "ml")
+    first = build_world(es, settings, folder, "global", cf=False, show_progress=False)
+    es.delete(index=first.settings.alias("users"), id="1", refresh=True)
+    again = build_world(es, settings, folder, "global", reuse=True, cf=False, show_progress=False)
+    assert es.exists(index=again.settings.alias("users"), id="1")  # a user was missing, so it was rebuilt
