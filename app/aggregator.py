@@ -45,7 +45,7 @@ STATUS_POLL_S = 5.0
 
 @dataclass
 class WorkerState:
-    """What the aggregator knows of one worker, from its own calls and the worker's /status."""
+    """State of one worker as seen from this process: its own calls and the worker's /status."""
 
     url: str
     outstanding: int = 0
@@ -112,7 +112,7 @@ class Aggregator:
     async def poll_status(self) -> dict[str, str | None]:
         """Read every worker's /status; record its model version and log when versions differ.
 
-        Returns each worker's URL with the version it serves, None for a worker that did not answer.
+        Returns each worker's URL with the version it serves, None for a worker whose /status failed.
         """
         async def one(worker: WorkerState) -> str | None:
             assert self._client is not None
@@ -121,7 +121,7 @@ class Aggregator:
                 response.raise_for_status()
                 version = response.json().get("model_version")
             except (httpx.HTTPError, ValueError) as error:
-                logger.warning("worker %s did not answer /status: %r", worker.url, error)
+                logger.warning("worker %s /status failed: %r", worker.url, error)
                 return None
             self._note_version(worker, version)
             return version
@@ -175,7 +175,7 @@ class Aggregator:
     async def rank(self, request_id: str, user_id: str, profile: dict[str, Any],
                    candidates: Sequence[Candidate], request_time: datetime,
                    hash_key: str | None = None) -> RankResult:
-        """Score ``candidates``; never raises for a worker's failure (the result is degraded instead)."""
+        """Score ``candidates``; a worker's failure or timeout gives a degraded result, not an exception."""
         if not candidates:
             return RankResult(np.zeros(0, dtype=np.float32), self._any_version(), degraded=False)
         started = time.perf_counter()
@@ -283,7 +283,7 @@ class Aggregator:
                 task.cancel()
 
     async def _call(self, index: int, body: bytes, n: int, request_id: str) -> wire.ScoreResponse | None:
-        """POST one batch to a worker; return None on any failure (logged), never raise."""
+        """POST one batch to a worker; return None (logged) when the call or the decoding fails."""
         assert self._client is not None
         worker = self.workers[index]
         worker.outstanding += 1

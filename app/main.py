@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             versions = await aggregator.poll_status()
             dependencies["workers"] = {url: version or "unreachable" for url, version in versions.items()}
             down += [f"worker {url}" for url, version in versions.items() if version is None]
-        # Without workers the answers keep the fused order; without Elasticsearch they come from the list.
+        # Without workers, responses keep the fused order. Without Elasticsearch, they come from the popular list.
         ready = "elasticsearch" not in down or popular.loaded
         return JSONResponse(
             status_code=200 if ready else 503,
