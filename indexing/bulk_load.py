@@ -77,7 +77,7 @@ def bulk_write(client: Elasticsearch, actions: Iterable[dict[str, Any]], setting
                keep_created_ids: bool = False, require_alias: bool = True) -> BulkResult:
     """Write ``actions`` (``streaming_bulk`` action dicts) and return the counts and failures.
 
-    A ``create`` answered with 409 counts as a duplicate: the document with that id
+    A ``create`` rejected with 409 counts as a duplicate: the document with that id
     already exists, which is how a reloaded file or a retried post is stored once.
     ``keep_created_ids`` collects the ids that were newly created. ``require_alias=False``
     is only for writes to a concrete index, such as a reindex into the next version.
@@ -111,11 +111,10 @@ def bulk_write(client: Elasticsearch, actions: Iterable[dict[str, Any]], setting
                     )
             progress.update(1)
     result.seconds = time.perf_counter() - started
-    if result.failed:
-        first = result.failures[0] if result.failures else None
+    if result.failures:
+        first = result.failures[0]
         logger.warning("%s: %d documents failed; first: id=%s index=%s status=%s reason=%s", description,
-                       result.failed, first.id if first else None, first.index if first else None,
-                       first.status if first else None, first.reason if first else None)
+                       result.failed, first.id, first.index, first.status, first.reason)
     return result
 
 
@@ -123,7 +122,7 @@ def bulk_write(client: Elasticsearch, actions: Iterable[dict[str, Any]], setting
 def refresh_disabled(client: Elasticsearch, aliases: Iterable[str]) -> Iterator[None]:
     """Set ``refresh_interval: -1`` on the indices behind ``aliases`` for the block, then restore and refresh.
 
-    The previous value is restored even when the block raises; an unset value is
+    The previous value is restored even when the block raises. An unset value is
     restored as unset (null), which means the server default of 1 s.
     """
     indices = sorted({index for alias in aliases for index in concrete_indices(client, alias)})

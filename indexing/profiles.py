@@ -87,8 +87,9 @@ def apply_events(profile: dict[str, Any], settings: Settings, watches: list[dict
 
     ``watches``: dicts with ``event_type`` (watch or not_interested), ``video_id``, ``ts``,
     ``event_id`` and optional ``completion`` and ``rating``. ``queries``: ``text``, ``ts``,
-    ``vector``, ``event_id``. ``impressions``: ``video_id``, ``ts``. Callers pass only events
-    that were newly stored, so applying a retried event twice cannot happen here.
+    ``vector``, ``event_id``. ``impressions``: ``video_id``, ``ts``. Callers must pass only
+    events that were newly stored: the recent lists ignore a known ``event_id``, but
+    ``watch_count`` and impression counts would count a repeated event again.
     ``video_vectors`` must hold the text embedding of every video in the merged recent watches.
     """
     updated = dict(profile)
@@ -219,8 +220,8 @@ def rebuild_profiles(client: Elasticsearch, settings: Settings, user_ids: Iterab
     reload gives the same profile. Other fields of an existing profile are kept and
     ``demographics`` are merged in. ``video_vectors`` may hold known text embeddings;
     missing ones are fetched from the videos index.
-    NOTE: an API event applied to a profile while its rebuild runs can be overwritten
-    by the rebuild; the event itself stays in its index and the next rebuild includes it.
+    NOTE: a rebuild can overwrite an API event applied to the profile while it runs.
+    The event itself stays in its index, so the next rebuild includes it.
     """
     started = time.perf_counter()
     demographics = demographics or {}

@@ -154,8 +154,8 @@ def _verify(client: Elasticsearch, name: str, old: str, new: str) -> None:
     old_count = int(client.count(index=old).body["count"])
     new_count = int(client.count(index=new).body["count"])
     if old_count != new_count:
-        raise ReindexError(f"{new} holds {new_count} documents but {old} holds {old_count}; the alias was not "
-                           f"swapped and {new} was deleted")
+        raise ReindexError(f"{new} contains {new_count} documents but {old} contains {old_count}, so the alias "
+                           f"was not swapped and {new} was deleted")
     if name != "videos" or new_count == 0:
         return
     sample = client.search(index=new, size=KNN_SAMPLE, query={"exists": {"field": "text_embedding"}},
