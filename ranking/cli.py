@@ -64,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ranking.add_argument("--output-dir", type=Path, default=Path("bench/results/ranking"),
                          help="folder for report.json, reliability.png and metrics.png")
     ranking.add_argument("--save-models", action="store_true", help="also save both models under VIDREC_MODEL_DIR")
+    ranking.add_argument("--world", choices=("memory", "es"), default="memory",
+                         help="candidates of the test users from in-memory channels, or from retrieve_candidates "
+                              "in the Elasticsearch per-user world that `vidrec evaluate candidates` builds "
+                              "(default memory)")
     ranking.set_defaults(handler=run_evaluate_ranking)
 
 
@@ -132,7 +136,7 @@ def run_evaluate_ranking(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     report = evaluate_ranking(settings, folder, args.output_dir, cap=args.cap, negative_keep=args.negative_keep,
                               bootstrap=args.bootstrap, max_users=args.max_users, seed=args.seed,
-                              save=args.save_models, threads=args.threads)
+                              save=args.save_models, threads=args.threads, world=args.world)
     print(format_report(report))
     print(json.dumps(report["training"]))
     print(f"wrote {args.output_dir / 'report.json'}, reliability.png and metrics.png in {report['seconds']:.0f} s")

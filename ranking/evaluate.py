@@ -16,6 +16,7 @@ intervals over users, are reported for these systems:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -99,8 +100,14 @@ def summarize(rows: dict[str, list[dict[str, float]]], samples: int, seed: int) 
 
 def evaluate_ranking(settings: Settings, data_dir: Path, output_dir: Path, cap: int = 500,
                      negative_keep: float = 0.25, bootstrap: int = 1000, max_users: int | None = None,
-                     seed: int = 0, save: bool = False, threads: int = 1) -> dict[str, Any]:
-    """Run the whole evaluation; write report.json, reliability.png and metrics.png under ``output_dir``."""
+                     seed: int = 0, save: bool = False, threads: int = 1, world: str = "memory") -> dict[str, Any]:
+    """Run the whole evaluation; write report.json, reliability.png and metrics.png under ``output_dir``.
+
+    ``world`` picks where the test users' candidates come from: ``memory`` (the
+    in-memory channels of ``ranking.world_impressions``) or ``es`` (the
+    Elasticsearch per-user world of ``ranking.world``, the candidate
+    evaluation's world, through ``retrieve_candidates``).
+    """
     from ranking.artifacts import code_version, save_model
 
     started = time.perf_counter()
@@ -111,16 +118,27 @@ def evaluate_ranking(settings: Settings, data_dir: Path, output_dir: Path, cap: 
     stages["training_s"] = time.perf_counter() - started - sum(stages.values())
     impressions = {kind: impression_metrics(result, training.splits["test"], negative_keep)
                    for kind, result in results.items()}
-    eval_world = World(worlds.data, worlds.test_splits, settings)
-    scorers = {kind: BatchScorer(result.model, training.encoder, negative_keep, kind,
-                                 popularity=eval_world.popularity) for kind, result in results.items()}
-    rows = rank_users(eval_world, scorers, cap)
+    saved = []
+    if save:
+        saved = [save_model(settings.model_dir, result.model, training.encoder, negative_keep,
+                            {"window": training.window, "metrics": {k: v for k, v in impressions[kind].items()
+                                                                   if k != "reliability"}}).name
+                 for kind, result in results.items()]
+    if world == "es":
+        rows, users_evaluated = _rank_in_es_world(settings, data_dir, training, results, negative_keep, cap,
+                                                  max_users)
+    else:
+        eval_world = World(worlds.data, worlds.test_splits, settings)
+        scorers = {kind: BatchScorer(result.model, training.encoder, negative_keep, kind,
+                                     popularity=eval_world.popularity) for kind, result in results.items()}
+        rows = rank_users(eval_world, scorers, cap)
+        users_evaluated = len(eval_world.splits)
     stages["evaluation_world_and_ranking_s"] = time.perf_counter() - started - sum(stages.values())
     report = {
         "dataset": str(data_dir), "protocol": "per-user chronological split, last 20% of watches held out; "
         "ranking labels from a nested 20% split of the pre-test history",
         "candidate_cap": cap, "negative_keep": negative_keep, "bootstrap_samples": bootstrap,
-        "users_evaluated": len(eval_world.splits), "ranking_window": training.window,
+        "candidate_world": world, "users_evaluated": users_evaluated, "ranking_window": training.window,
         "training": {kind: {"seconds": r.seconds, "examples_per_s": r.examples_per_s, "best_epoch": r.best_epoch,
                             "epochs_run": len(r.history), "train_examples": training.splits["train"].size}
                      for kind, r in results.items()},
@@ -130,16 +148,33 @@ def evaluate_ranking(settings: Settings, data_dir: Path, output_dir: Path, cap: 
                     "torch_threads": threads},
         "seconds": time.perf_counter() - started,
     }
-    if save:
-        report["saved_models"] = [
-            save_model(settings.model_dir, result.model, training.encoder, negative_keep,
-                       {"window": training.window, "metrics": {k: v for k, v in impressions[kind].items()
-                                                              if k != "reliability"}}).name
-            for kind, result in results.items()]
+    if saved:
+        report["saved_models"] = saved
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_charts(report, output_dir)
     return report
+
+
+def _rank_in_es_world(settings: Settings, data_dir: Path, training: TrainingData, results: dict[str, TrainResult],
+                      negative_keep: float, cap: int, max_users: int | None) -> tuple[dict[str, list], int]:
+    from app.es_client import make_client
+    from ranking.evaluate_es import rank_users_es
+    from ranking.world import build_world
+
+    client = make_client(settings, request_timeout_s=120)
+    try:
+        es_world = build_world(client, settings, data_dir, "per_user", reuse=True)
+    finally:
+        client.close()
+    # The ES world sets popularity from its own index, so the scorers get their own copy of the table.
+    scorers = {}
+    for kind, result in results.items():
+        encoder = copy.copy(training.encoder)
+        encoder.table = copy.copy(training.encoder.table)
+        scorers[kind] = BatchScorer(result.model, encoder, negative_keep, kind)
+    rows = rank_users_es(es_world, scorers, cap, max_users)
+    return rows, len(next(iter(rows.values()), []))
 
 
 def write_charts(report: dict[str, Any], output_dir: Path) -> None:

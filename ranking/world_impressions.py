@@ -215,17 +215,30 @@ class World:
         table = self.data.table
         watched = table.rows(profile.get("watched_ids") or [])
         hits: dict[str, list[tuple[str, float]]] = {}
+        # Scores use Elasticsearch's scales, because channel scores are ranking features: a cosine kNN
+        # hit scores (1 + cos) / 2, and a max_inner_product hit 1 / (1 - dot) below 0, else dot + 1.
         if profile.get("history_vector") is not None:
-            scores = self._unit_text @ np.asarray(profile["history_vector"], dtype=np.float32)
+            scores = (1 + self._unit_text @ np.asarray(profile["history_vector"], dtype=np.float32)) / 2
             hits["history_content"] = self._top(scores, settings.candidates_history_size, watched)
         if user_id in self.user_index:
-            scores = self.item_factors @ self.user_factors[self.user_index[user_id]]
+            dots = self.item_factors @ self.user_factors[self.user_index[user_id]]
+            scores = np.where(dots < 0, 1 / (1 - np.minimum(dots, 0)), dots + 1)
             hits["collaborative"] = self._top(scores, settings.candidates_collaborative_size, watched)
         if profile.get("query_vector") is not None:
-            scores = self._unit_text @ np.asarray(profile["query_vector"], dtype=np.float32)
+            scores = (1 + self._unit_text @ np.asarray(profile["query_vector"], dtype=np.float32)) / 2
             hits["query_semantic"] = self._top(scores, settings.candidates_query_semantic_size, watched)
-        hits["popular_fresh"] = self.popular(self.splits[user_id].cutoff, settings.candidates_popular_size, watched)
+        hits["popular_fresh"] = self.popular_fresh(self.splits[user_id].cutoff, settings.candidates_popular_size,
+                                                   watched)
         return hits
+
+    def popular_fresh(self, before: float, size: int, excluded_rows: np.ndarray) -> list[tuple[str, float]]:
+        """Score log10(2 + ln(1 + watches)) * 0.5 ** (age_days / scale), as the popular-fresh channel does."""
+        table = self.data.table
+        popularity = np.log1p(self.popularity.counts(np.arange(table.size), before))
+        age_days = (before - np.asarray(table.published_at)) / 86400.0
+        decay = np.where(np.isfinite(age_days), 0.5 ** (np.abs(np.nan_to_num(age_days)) /
+                                                         self.settings.popular_fresh_scale_days), 1.0)
+        return self._top(np.log10(2 + popularity) * decay, size, excluded_rows)
 
     def popular(self, before: float, size: int, excluded_rows: np.ndarray) -> list[tuple[str, float]]:
         counts = self.popularity.counts(np.arange(self.data.table.size), before)

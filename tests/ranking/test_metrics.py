@@ -39,3 +39,11 @@ def test_reliability_bins_counts():
     bins = reliability_bins(np.array([0, 1, 1, 0]), np.array([0.05, 0.07, 0.95, 0.91]), bins=10)
     assert [b["count"] for b in bins] == [2, 2]
     assert bins[0]["observed_rate"] == 0.5
+
+
+def test_top_unwatched_skips_watched():
+    from ranking.evaluate_es import _top_unwatched
+
+    ids = ["a", "b", "c", "d"]
+    assert _top_unwatched(ids, np.array([0.1, 0.9, 0.5, 0.7]), {"b"}, 2) == ["d", "c"]
+    assert _top_unwatched(ids, np.array([0.1, 0.9, 0.5, 0.7]), set(ids), 2) == []
