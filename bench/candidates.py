@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.candidates.channels import CandidateRequest  # noqa: E402
@@ -47,7 +49,7 @@ async def run(world, users: list[str], requests: int, k: int, seed: int) -> dict
     try:
         for user in order[:20]:  # warm-up: connections, caches
             await retrieve_candidates(client, world.settings, user, CandidateRequest(k=k))
-        for user in order:
+        for user in tqdm(order, desc="requests", unit="request"):
             started = time.perf_counter()
             await fetch_profile(client, world.settings, user)
             timings["profile_get"].append((time.perf_counter() - started) * 1000)
