@@ -238,6 +238,7 @@ def main() -> int:
                 pids = {"elasticsearch": es_pid, "api": api.pid, "load generator": os.getpid(),
                         **{f"worker {key}": process.pid for key, (_, process) in workers.items()}}
                 cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                machine_before = psutil.cpu_times()
                 wall_before = time.perf_counter()
                 if config.kill:
                     threading.Timer(args.warmup + args.duration / 2, stop, args=(workers[config.kill][1],)).start()
@@ -245,6 +246,11 @@ def main() -> int:
                                                           args.duration, args.k, seed=7, warmup_s=args.warmup))
                 wall = time.perf_counter() - wall_before
                 cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / wall for name, pid in pids.items()}
+                machine_after = psutil.cpu_times()
+                busy = sum(getattr(machine_after, f) - getattr(machine_before, f)
+                           for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+                # Whatever ran beside the benchmark (other jobs on the machine) in cores.
+                cpu["other processes"] = busy / wall - sum(v for v in cpu.values() if v == v)
                 served_after = {key: worker_served(url) for key, (url, _) in workers.items()}
                 served = {key: after - served_before[key] for key, after in served_after.items()
                           if after is not None and served_before[key] is not None}
@@ -264,7 +270,7 @@ def main() -> int:
                 # A killed worker's count is gone with it: the share is then that of the survivors only.
                 worker_share={key: served[key] / total_served for key in config.workers if key in served},
                 cpu_s={name: value for name, value in cpu.items()
-                       if name in ("elasticsearch", "api", "load generator")
+                       if name in ("elasticsearch", "api", "load generator", "other processes")
                        or name.removeprefix("worker ") in config.workers},
                 achieved_rate=achieved,
             )
@@ -358,7 +364,7 @@ def print_table(results: list[RunResult], args: argparse.Namespace, hardware: di
           f"{hardware['cpus']} CPUs ({hardware['cpu_model']}) shared by Elasticsearch, API, workers and load "
           f"generator. Slowed worker: +{args.slow_ms:g} ms per batch.\n")
     header = ("| configuration | p50 ms | p95 ms | p99 ms | errors | degraded | profile | msearch | merge "
-              "| scoring | dispatch | titles | worker share | CPU cores used (ES / API / workers / loadgen) |")
+              "| scoring | dispatch | titles | worker share | CPU cores used (ES / API / workers / loadgen / other) |")
     print(header)
     print("|" + "|".join(["---"] * (header.count("|") - 1)) + "|")
     for result in results:
@@ -366,7 +372,7 @@ def print_table(results: list[RunResult], args: argparse.Namespace, hardware: di
         share = ", ".join(f"{key} {value:.0%}" for key, value in result.worker_share.items()) or "-"
         workers_cpu = sum(value for name, value in result.cpu_s.items() if name.startswith("worker"))
         cpu = (f"{result.cpu_s.get('elasticsearch', float('nan')):.2f} / {result.cpu_s['api']:.2f} / "
-               f"{workers_cpu:.2f} / {result.cpu_s['load generator']:.2f}")
+               f"{workers_cpu:.2f} / {result.cpu_s['load generator']:.2f} / {result.cpu_s['other processes']:.2f}")
         print(f"| {result.config} | {latency['p50']:.1f} | {latency['p95']:.1f} | {latency['p99']:.1f} | "
               f"{result.errors} | {result.degraded} | {stages['profile']:.1f} | {stages['msearch']:.1f} | "
               f"{stages['merge']:.1f} | {stages['scoring']:.1f} | {stages['dispatch']:.1f} | "

@@ -6,7 +6,8 @@ import logging
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app.recommend import FallbackUnavailable, RecommendOptions
@@ -76,7 +77,6 @@ def _parse_exclude(values: list[str]) -> tuple[str, ...]:
             response_model_exclude_none=True)
 async def get_recommendations(
     request: Request,
-    response: Response,
     user_id: str,
     k: str = Query("100", description=f"number of videos to return, 1 to {MAX_K}"),
     language: str | None = Query(None, max_length=MAX_FILTER_CHARS, description="only videos in this language"),
@@ -85,7 +85,7 @@ async def get_recommendations(
                                description="only videos allowed in this region (default: the user's region)"),
     exclude: list[str] = Query([], description="video ids never to return (repeat or comma-separate)"),
     explain: bool = Query(False, description="add each item's channels (rank, score) and fused score"),
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Return up to k videos for the user, best first; unknown users get a cold-start answer."""
     options = RecommendOptions(k=_parse_k(k), language=language or None, category=category or None,
                                region=region or None, exclude=_parse_exclude(exclude), explain=explain)
@@ -96,5 +96,7 @@ async def get_recommendations(
         logger.error("request_id=%s user_id=%s: %s", request_id, user_id, error)
         raise HTTPException(status_code=503, detail=str(error)) from None
     # Stage timings in the standard Server-Timing header, for clients and load tests.
-    response.headers["Server-Timing"] = ", ".join(f"{stage};dur={ms:.2f}" for stage, ms in result.timings_ms.items())
-    return result.body
+    timing = ", ".join(f"{stage};dur={ms:.2f}" for stage, ms in result.timings_ms.items())
+    # The body already has the response model's shape; returning it as a JSONResponse skips a second
+    # validation of every item, which cost milliseconds per request at k=100.
+    return JSONResponse(result.body, headers={"Server-Timing": timing})
