@@ -19,15 +19,16 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_
 
 MAX_K = 100
 
-_encoder_lock = asyncio.Lock()
-
 
 async def query_encoder(request: Request) -> QueryEncoder | None:
     """Return the app's query encoder, loading the embedding model on first use; None when it cannot load."""
     state = request.app.state
     if hasattr(state, "query_encoder"):
         return state.query_encoder
-    async with _encoder_lock:
+    # One lock per app, made on first use inside its event loop; concurrent first requests load the model once.
+    if not hasattr(state, "query_encoder_lock"):
+        state.query_encoder_lock = asyncio.Lock()
+    async with state.query_encoder_lock:
         if not hasattr(state, "query_encoder"):
             from indexing.embed import Embedder
 

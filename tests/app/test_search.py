@@ -158,3 +158,20 @@ async def test_search_hides_unavailable(api):
     response = await api.get("/v1/search", params={"q": "Removed risotto recipe", "k": 20}, headers=READ)
     assert response.status_code == 200
     assert "cook-unavailable" not in video_ids(response)
+
+
+@pytest.mark.es
+async def test_search_loads_encoder_once(search_settings):
+    app = create_app(search_settings)
+    app.state.es = make_async_client(search_settings)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            first = await client.get("/v1/search", params={"q": "Guitar chords for songs"}, headers=READ)
+            encoder = app.state.query_encoder
+            second = await client.get("/v1/search", params={"q": "Piano scales"}, headers=READ)
+    finally:
+        await app.state.es.close()
+    assert first.json()["degraded"] is False
+    assert video_ids(first)[0] == "music-1"
+    assert app.state.query_encoder is encoder
+    assert second.status_code == 200
