@@ -124,13 +124,13 @@ class VideoIn(BaseModel):
     @classmethod
     def _check_time(cls, value: int | str | None) -> int | str | None:
         if value is not None:
-            parse_ts(value)
+            parse_ts(value, event_time=False)
         return value
 
 
 def video_from_input(video_id: str, body: VideoIn, source: str | None) -> Video:
     """Turn a validated catalog entry into a Video record."""
-    published_ms = parse_ts(body.published_at) if body.published_at is not None else None
+    published_ms = parse_ts(body.published_at, event_time=False) if body.published_at is not None else None
     published_at = format_ts(published_ms) if published_ms is not None else None
     return Video(video_id=video_id, title=body.title, description=body.description, tags=body.tags,
                  category=body.category, channel_id=body.channel_id, channel_title=body.channel_title,

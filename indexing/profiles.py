@@ -60,7 +60,7 @@ def history_vector(recent_watches: list[dict], video_vectors: dict[str, np.ndarr
 
     Watches of videos without a vector in ``video_vectors`` are skipped.
     """
-    rows = [(parse_ts(watch["ts"]), video_vectors[watch["video_id"]])
+    rows = [(parse_ts(watch["ts"], event_time=False), video_vectors[watch["video_id"]])
             for watch in recent_watches if watch["video_id"] in video_vectors]
     if not rows:
         return None

@@ -30,12 +30,14 @@ def format_ts(timestamp_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{timestamp_ms % 1000:03d}Z"
 
 
-def parse_ts(value: Any) -> int:
-    """Parse an event time into epoch milliseconds.
+def parse_ts(value: Any, event_time: bool = True) -> int:
+    """Parse a time into epoch milliseconds.
 
     Accepts an integer (epoch milliseconds) or an ISO 8601 string with a UTC offset
     (``Z`` or ``+02:00``). Raises ValueError naming the value for anything else,
     including ISO strings without an offset, whose time zone would be a guess.
+    ``event_time`` also rejects times outside 1990..2100; publication dates of old
+    films pass ``False``.
     """
     if isinstance(value, bool):
         raise ValueError(f"expected epoch milliseconds or ISO 8601 with an offset, got {value!r}")
@@ -54,7 +56,7 @@ def parse_ts(value: Any) -> int:
         timestamp_ms = int(round(moment.timestamp() * 1000))
     else:
         raise ValueError(f"expected epoch milliseconds or ISO 8601 with an offset, got {value!r}")
-    if not MIN_TIMESTAMP_MS <= timestamp_ms <= MAX_TIMESTAMP_MS:
+    if event_time and not MIN_TIMESTAMP_MS <= timestamp_ms <= MAX_TIMESTAMP_MS:
         raise ValueError(
             f"time {value!r} is outside 1990-01-01..2100-01-01; epoch values are milliseconds, not seconds"
         )

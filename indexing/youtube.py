@@ -64,7 +64,7 @@ def row_to_video(row: dict[str, str], language: str | None) -> Video:
             counts[column] = int(row[column])
         except ValueError:
             raise ValueError(f"{column} must be an integer, got {row[column]!r}") from None
-    published_ms = parse_ts(row["publish_time"].strip())
+    published_ms = parse_ts(row["publish_time"].strip(), event_time=False)
     removed = _flag(row["video_error_or_removed"].strip(), "video_error_or_removed")
     category = CATEGORIES.get(row["category_id"].strip(), f"category {row['category_id'].strip()}")
     published_at = format_ts(published_ms)
