@@ -41,3 +41,28 @@ def test_format_tables_lists_channels():
     text = format_tables(results)
     assert "| history_content | 0.500 [0.400, 0.600] | 2 |" in text
     assert "per_user split: 2 users, 9 held-out watches" in text
+
+
+@pytest.mark.es
+def test_evaluate_command_writes_tables(es, settings, tmp_path, monkeypatch, capsys):
+    import json
+
+    from app.cli import main
+    from tests.ranking.test_world import write_movielens
+
+    (tmp_path / "data").mkdir()
+    write_movielens(tmp_path / "data" / "movielens-latest-small")
+    monkeypatch.setenv("VIDREC_INDEX_PREFIX", settings.index_prefix)
+    monkeypatch.setenv("VIDREC_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("VIDREC_CF_DIMS", "4")
+    output = tmp_path / "eval.json"
+    code = main(["evaluate", "candidates", "--data-dir", str(tmp_path / "data"), "--splits", "per_user",
+                 "--skip-search", "--bootstrap", "50", "--output", str(output)])
+    assert code == 0
+    assert "per_user split: 2 users, 3 held-out watches" in capsys.readouterr().out
+    results = json.loads(output.read_text())
+    union = results["recall"]["per_user"]["recall"]["union"]
+    # User 2's held-out movie is found. User 1's held-out movies 3 and 4 were watched before the split
+    # too, so they are excluded as watched: recall 0 for user 1.
+    assert union["1000"]["mean"] == 0.5
+    assert not es.indices.get(index=f"{settings.index_prefix}eval-*", allow_no_indices=True).body  # deleted
