@@ -33,8 +33,9 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Profile fields candidate generation never reads; left out of the profile GET.
-PROFILE_EXCLUDES = ["recent_watches", "impressions"]
+# Profile fields neither candidate generation nor the ranker reads; left out of the profile GET.
+# The ranker's impression features need ``impressions``, so it stays in.
+PROFILE_EXCLUDES = ["recent_watches"]
 
 # Rounds of popular-fresh top-up after the merge, each excluding every id already found.
 MAX_FILL_ROUNDS = 3
