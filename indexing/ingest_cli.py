@@ -54,7 +54,10 @@ def print_report(report) -> None:
         print(f"  ... {report.rejected - 2 * MAX_PRINTED_ERRORS} more")
     print(f"elapsed:  {report.elapsed_seconds:.1f} s (embedding {report.embed_seconds:.1f} s, "
           f"bulk {report.bulk_seconds:.1f} s, profiles {report.profile_seconds:.1f} s)")
-    print(f"rate:     {report.docs_per_second:.0f} documents per second")
+    processed = report.total_loaded + sum(report.skipped.values())
+    processed_rate = processed / report.elapsed_seconds if report.elapsed_seconds else 0.0
+    print(f"rate:     {report.docs_per_second:.0f} documents per second written, "
+          f"{processed_rate:.0f} per second processed (written + skipped)")
     lookups = report.cache_hits + report.cache_misses
     rate = report.cache_hits / lookups if lookups else 0.0
     print(f"cache:    {report.cache_hits} hits, {report.cache_misses} misses ({rate:.1%} hit rate)")
