@@ -6,25 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from app.cli import command_group
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def command_group(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
-    """Return the sub-command group ``name`` (``train``, ``evaluate``), creating it unless another module did.
-
-    Several modules add commands under ``vidrec train`` and ``vidrec evaluate``, so
-    each looks the group up before it adds its own command.
-    """
-    parser = subparsers.choices.get(name)
-    if parser is None:
-        parser = subparsers.add_parser(name, help=help_text)
-        return parser.add_subparsers(dest=f"{name}_command", required=True)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest=f"{name}_command", required=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

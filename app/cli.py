@@ -10,6 +10,22 @@ import sys
 from app.settings import SettingsError, load_settings
 
 
+def command_group(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """Return the sub-command group ``name`` (``train``, ``evaluate``), creating it unless another module did.
+
+    Several modules add commands under ``vidrec train`` and ``vidrec evaluate``, so
+    each looks the group up before it adds its own command.
+    """
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        parser = subparsers.add_parser(name, help=help_text)
+        return parser.add_subparsers(dest=f"{name}_command", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=f"{name}_command", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidrec", description="Video recommendation and search on Elasticsearch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")

@@ -43,6 +43,7 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from app.demo import wait_for  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 from indexing import es_node  # noqa: E402
 
@@ -80,20 +81,6 @@ def free_port() -> int:
 def read_users(folder: Path) -> list[str]:
     with (folder / "ratings.csv").open() as handle:
         return sorted({row["userId"] for row in csv.DictReader(handle)}, key=int)
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready within {timeout_s:.0f} s")
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -224,7 +211,7 @@ def main() -> int:
                             env, logs / f"worker-{key}.log")
             workers[key] = (f"http://127.0.0.1:{port}", process)
         for url, process in workers.values():
-            wait_ready(f"{url}/status", process)
+            wait_for(f"{url}/status", process, "worker", timeout_s=240.0)
         print(f"workers ready: {', '.join(f'{key}={url}' for key, (url, _) in workers.items())}", flush=True)
 
         for config in configs:
@@ -233,7 +220,7 @@ def main() -> int:
                        "VIDREC_WORKER_POLICY": config.policy}
             api = start(["serve", "--port", str(port)], api_env, logs / f"api-{len(results)}.log")
             try:
-                wait_ready(f"http://127.0.0.1:{port}/readyz", api)
+                wait_for(f"http://127.0.0.1:{port}/readyz", api, "API", timeout_s=240.0)
                 served_before = {key: worker_served(url) for key, (url, _) in workers.items()}
                 pids = {"elasticsearch": es_pid, "api": api.pid, "load generator": os.getpid(),
                         **{f"worker {key}": process.pid for key, (_, process) in workers.items()}}

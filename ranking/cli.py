@@ -8,21 +8,10 @@ import logging
 import math
 from pathlib import Path
 
+from app.cli import command_group
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def command_group(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
-    """Return the sub-command group ``name``, creating it unless another module already did."""
-    parser = subparsers.choices.get(name)
-    if parser is None:
-        parser = subparsers.add_parser(name, help=help_text)
-        return parser.add_subparsers(dest=f"{name}_command", required=True)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest=f"{name}_command", required=True)
 
 
 def _probability(text: str) -> float:
