@@ -80,10 +80,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         client.close()
     step(4, f"training the ranker into {settings.model_dir}")
-    if train_ranker(settings, path) != 0:
+    version = train_ranker(settings, path, state, state_path)
+    if version is None:
         return 1
     step(5, "starting two ranking workers and the API on 127.0.0.1")
-    return serve_and_show(args, settings)
+    return serve_and_show(args, settings.model_copy(update={"ranker_version": version}))
 
 
 def save_state(state: dict[str, Any], state_path: Path) -> None:
@@ -136,20 +137,34 @@ def train_collaborative(client, settings: Settings, state: dict[str, Any], state
     save_state(state, state_path)
 
 
-def train_ranker(settings: Settings, path: Path) -> int:
+def train_ranker(settings: Settings, path: Path, state: dict[str, Any], state_path: Path) -> str | None:
+    """Return the ranking model version this demo's indices use, training one unless the state names one.
+
+    The state file is per index prefix, so a model that another prefix's run trained into the same
+    model folder is not reused by mistake.
+    """
     from ranking.artifacts import list_versions
 
-    versions = list_versions(settings.model_dir)
-    if versions:
-        print(f"reusing ranking model {versions[-1]['version']}", flush=True)
-        return 0
+    known = {record["version"] for record in list_versions(settings.model_dir)}
+    version = state.get("ranker_model")
+    if version in known:
+        print(f"reusing ranking model {version}", flush=True)
+        return version
     # `vidrec train ranker` as a child process, so its progress output shows as it runs. The demo caps
     # the epochs so the whole job stays within minutes on two cores; train again without the cap for more.
     code = subprocess.call([sys.executable, "-m", "app.cli", "train", "ranker", "--data-dir", str(path),
                             "--epochs", str(DEMO_EPOCHS)])
     if code != 0:
         print(f"error: `vidrec train ranker` failed with exit code {code}", file=sys.stderr)
-    return code
+        return None
+    new_versions = [record["version"] for record in list_versions(settings.model_dir)
+                    if record["version"] not in known]
+    if not new_versions:
+        print(f"error: `vidrec train ranker` wrote no model into {settings.model_dir}", file=sys.stderr)
+        return None
+    state["ranker_model"] = new_versions[-1]
+    save_state(state, state_path)
+    return new_versions[-1]
 
 
 def free_port() -> int:
@@ -176,6 +191,7 @@ def wait_for(url: str, process: subprocess.Popen, name: str, timeout_s: float = 
 
 def serve_and_show(args: argparse.Namespace, settings: Settings) -> int:
     env = dict(os.environ)
+    env["VIDREC_RANKER_VERSION"] = settings.ranker_version  # the workers serve this run's model
     if not (settings.api_read_key and settings.api_write_key):
         env["VIDREC_LOCAL_DEV"] = "true"  # the demo binds to loopback only
     worker_ports = [free_port(), free_port()]
@@ -197,6 +213,8 @@ def serve_and_show(args: argparse.Namespace, settings: Settings) -> int:
         headers = {"X-API-Key": settings.api_read_key} if settings.api_read_key else {}
         user_ids = [u.strip() for u in args.users.split(",") if u.strip()]
         # One unprinted request per user first: the first kNN searches and title reads of a fresh node are slow.
+        print("warming up with one unprinted request per user (a warning about a late batch here is expected)",
+              flush=True)
         for user_id in user_ids:
             httpx.get(f"http://127.0.0.1:{args.port}/v1/users/{user_id}/recommendations", params={"k": SHOWN},
                       headers=headers, timeout=30)

@@ -55,6 +55,8 @@ if [[ "$(cat "$venv/.lock-sha256" 2>/dev/null)" != "$key" ]]; then
 else
     say "reusing $venv (requirements.lock unchanged)"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$repo"
+# setuptools warns about every editable install; the warning is not about this project.
+PYTHONWARNINGS=ignore "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+    --no-build-isolation -e "$repo"
 ln -sfn "$venv" "$repo/.venv"
 say "ready: $repo/.venv -> $venv"
