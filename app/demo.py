@@ -4,11 +4,16 @@ Steps: start the local Elasticsearch node, ingest the MovieLens folder, train
 the collaborative model and the ranker, start two ranking workers and the API
 on loopback, and print the top recommendations for a few real users.
 
-A second run reuses what the first built: the node keeps running, the
-ingestion is skipped when ``<cache_dir>/demo/<prefix>state.json`` records the
-same folder and the indices still hold its counts, the collaborative step is
-skipped while that state records its model version and the users carry
-factors, and the ranker step while ``VIDREC_MODEL_DIR`` holds a model.
+A second run reuses what the first built, as recorded in
+``<cache_dir>/demo/<prefix>state.json``:
+
+- the node keeps running;
+- ingestion is skipped when the state names the same folder and the indices
+  still contain its counts;
+- the collaborative step is skipped while the users carry the factors of the
+  model version the state names;
+- the ranker step is skipped while ``VIDREC_MODEL_DIR`` contains the version
+  the state names, and the workers serve that version.
 """
 
 from __future__ import annotations
