@@ -267,11 +267,11 @@ def _profile_inputs(events: list[tuple[Record, list[float] | None]]) -> tuple[li
 async def fetch_video_vectors(client: AsyncElasticsearch, settings: Settings, video_ids: list[str]) -> dict[str, np.ndarray]:
     if not video_ids:
         return {}
-    response = await client.search(index=settings.alias("videos"), query={"ids": {"values": video_ids}},
-                                   size=len(video_ids), source_includes=["text_embedding"],
-                                   source_exclude_vectors=False)
-    return {hit["_id"]: np.asarray(hit["_source"]["text_embedding"], dtype=np.float32)
-            for hit in response.body["hits"]["hits"] if hit["_source"].get("text_embedding")}
+    # A multi-get is real time: it sees a video stored a moment ago, before the next refresh,
+    # where a search would not. Naming the vector field in the includes returns it.
+    response = await client.mget(index=settings.alias("videos"), ids=video_ids, source_includes=["text_embedding"])
+    return {doc["_id"]: np.asarray(doc["_source"]["text_embedding"], dtype=np.float32)
+            for doc in response.body["docs"] if doc.get("found") and doc["_source"].get("text_embedding")}
 
 
 async def update_profile(client: AsyncElasticsearch, settings: Settings, user_id: str,
