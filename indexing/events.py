@@ -267,8 +267,8 @@ def _profile_inputs(events: list[tuple[Record, list[float] | None]]) -> tuple[li
 async def fetch_video_vectors(client: AsyncElasticsearch, settings: Settings, video_ids: list[str]) -> dict[str, np.ndarray]:
     if not video_ids:
         return {}
-    # A multi-get is real time: it sees a video stored a moment ago, before the next refresh,
-    # where a search would not. Naming the vector field in the includes returns it.
+    # A multi-get is real time, so it returns a video stored a moment ago, before the next refresh,
+    # where a search would not. Naming the vector field in the includes returns the vector.
     response = await client.mget(index=settings.alias("videos"), ids=video_ids, source_includes=["text_embedding"])
     return {doc["_id"]: np.asarray(doc["_source"]["text_embedding"], dtype=np.float32)
             for doc in response.body["docs"] if doc.get("found") and doc["_source"].get("text_embedding")}

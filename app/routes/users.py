@@ -37,7 +37,7 @@ async def delete_user_events(client: AsyncElasticsearch, index: str, user_id: st
     The server has no ``_delete_by_query`` (it belongs to the reindex module), so this
     scans with a ``term`` query and deletes by id.
     """
-    # A scan sees only refreshed documents; without a refresh, events written in the last
+    # A scan returns only refreshed documents. Without a refresh, events written in the last
     # refresh interval (1 s by default) would survive the user's deletion.
     await client.indices.refresh(index=index)
     actions = []
