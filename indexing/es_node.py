@@ -2,9 +2,10 @@
 
 The node is the ``org.elasticsearch.distribution.integ-test-zip:elasticsearch``
 artifact: the server with the transport, x-pack core and security modules, and
-no bundled JDK. The Maven client fetches it (Maven knows its central repository,
-so no address is written here) with strict checksum checks against the
-published ``.sha1``, and vidrec checks the SHA-512 pinned below as well.
+no bundled JDK. The Maven client fetches it, and Maven resolves its central
+repository itself, so no address is written here. Maven's default checksum
+policy only warns when a published ``.sha1`` is missing or differs, so vidrec
+always checks the SHA-512 pinned below.
 
 Layout (``root`` is ``VIDREC_CACHE_DIR/es``, or ``/var/lib/vidrec`` when run as root):
 
@@ -50,7 +51,7 @@ ROOT_NODE_DIR = Path("/var/lib/vidrec")
 
 
 class EsNodeError(RuntimeError):
-    """A local-node operation failed; the message says what happened and what to do."""
+    """A local-node operation failed; the message states the cause and the fix."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def fetch_distribution(settings: Settings, version: str = ELASTICSEARCH_VERSION)
                 f"The downloaded {target.name} has SHA-512 {actual}, expected {expected}. "
                 "The file was deleted; run `vidrec es start` again, and report it if it repeats."
             )
-    # Maven's local repository holds a second copy of the zip; keep only the one in downloads/.
+    # Maven's local repository contains a second copy of the zip, so delete it and keep downloads/.
     shutil.rmtree(settings.cache_dir / "m2" / "org" / "elasticsearch", ignore_errors=True)
     print(f"Fetched {target} in {time.monotonic() - started:.1f} s", flush=True)
     return target
@@ -330,7 +331,7 @@ def port_in_use(port: int) -> bool:
 
 
 def http_health(port: int, timeout_s: float = 2.0) -> dict | None:
-    """Return ``GET /_cluster/health`` of the node on ``port``, or None if it does not answer."""
+    """Return ``GET /_cluster/health`` of the node on ``port``, or None when the request fails."""
     import json
     import urllib.error
     import urllib.request
@@ -447,7 +448,7 @@ def status(settings: Settings, port: int | None = None) -> tuple[bool, str]:
     if pid is None and health is None:
         return False, f"Not running (port {port}, node directory {paths.node})."
     if health is None:
-        return False, f"Process {pid} exists but port {port} does not answer health; see `vidrec es logs`."
+        return False, f"Process {pid} exists but port {port} does not respond to health requests; see `vidrec es logs`."
     owner = f"pid {pid}" if pid is not None else "not started by vidrec"
     return True, (f"Running on http://127.0.0.1:{port} ({owner}): cluster {health.get('cluster_name')}, "
                   f"health {health.get('status')}, {health.get('active_shards')} active shards.")

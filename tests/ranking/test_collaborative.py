@@ -83,8 +83,10 @@ def cf_world(es, settings):
 def test_train_cf_writes_factors(es, cf_world):
     report = train_cf(es, cf_world, until="2018-01-25", iterations=30, show_progress=False)
     assert report.events == 50
-    assert report.videos == 12 and report.videos_written == 12
-    assert report.users == 13 and report.users_written == 13
+    assert report.videos == 12
+    assert report.videos_written == 12
+    assert report.users == 13
+    assert report.users_written == 13
     assert report.window_end == "2018-01-25"
     assert report.failures == []
 
