@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         description="excluded ids sent inside the query filter; older ones are removed in the application "
         "after over-fetching (index.max_terms_count is 65,536 by default)",
     )
+    # Search: reranking the fused search hits with the ranking model.
+    search_rerank_weight: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="weight of the model's rank against the fused search rank when reranking search hits "
+        "(0 keeps the fused order and skips the model)",
+    )
+    search_rerank_window: int = Field(
+        100, ge=1, le=1000, description="fused search hits the ranking model scores (the rest keep the fused order)"
+    )
     popular_fresh_scale_days: float = Field(
         365.0, gt=0, description="age in days at which popular-fresh's recency decay halves a video's score"
     )

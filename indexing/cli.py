@@ -80,5 +80,7 @@ def run_indices(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"{'alias':32} {'index':40} {'docs':>10} {'size':>10}")
     for row in indices.list_indices(client, settings):
-        print(f"{row.alias:32} {row.index or '(missing)':40} {row.docs:>10} {indices.format_size(row.size_bytes):>10}")
+        docs = "starting" if row.docs is None else str(row.docs)
+        size = "-" if row.size_bytes is None else indices.format_size(row.size_bytes)
+        print(f"{row.alias:32} {row.index or '(missing)':40} {docs:>10} {size:>10}")
     return 0

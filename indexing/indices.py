@@ -34,8 +34,8 @@ class IndexLifecycleError(RuntimeError):
 class IndexRow:
     alias: str
     index: str | None
-    docs: int
-    size_bytes: int
+    docs: int | None  # None while the index's primary shard is not started (node recovering)
+    size_bytes: int | None
 
 
 def load_mapping(name: str, settings: Settings) -> dict[str, Any]:
@@ -125,7 +125,12 @@ def list_indices(client: Elasticsearch, settings: Settings) -> list[IndexRow]:
             rows.append(IndexRow(alias, None, 0, 0))
             continue
         for index in indices:
-            stats = client.indices.stats(index=index, metric=["docs", "store"]).body["indices"][index]["primaries"]
+            body = client.indices.stats(index=index, metric=["docs", "store"]).body
+            # An index whose primary shard has not started yet is absent from the stats response.
+            stats = body.get("indices", {}).get(index, {}).get("primaries")
+            if not stats:
+                rows.append(IndexRow(alias, index, None, None))
+                continue
             rows.append(IndexRow(alias, index, stats["docs"]["count"], stats["store"]["size_in_bytes"]))
     return rows
 
