@@ -10,7 +10,10 @@ server core's query DSL: ``knn``, ``bool``, ``multi_match`` and
 Every filter (language, category, region, the user's age against a video's
 ``min_age``, availability, excluded ids) sits inside the kNN ``filter`` and
 the query's ``bool`` filter, never in a ``post_filter``, so each channel returns
-its full size of eligible videos. Hits carry ids and scores only.
+its full size of eligible videos. Hits carry scores and the ``video_id``
+doc value only: no ``_id`` and no ``_source``, because reading the stored
+``_id`` of 300 hits took about half of a kNN channel's time (6 of 13 ms per
+search, ml-latest-small on the 2-core development machine).
 """
 
 from __future__ import annotations
@@ -122,6 +125,21 @@ def eligibility_filter(profile: Mapping[str, Any], request: CandidateRequest, se
     return {"bool": {"filter": filters, "must_not": must_not}}
 
 
+def ids_only(body: dict[str, Any]) -> dict[str, Any]:
+    """Make ``body``'s hits carry only their score and the ``video_id`` doc value (see ``hit_id``)."""
+    body.pop("_source", None)
+    body["stored_fields"] = "_none_"
+    body["docvalue_fields"] = ["video_id"]
+    return body
+
+
+def hit_id(hit: Mapping[str, Any]) -> str:
+    """Return a hit's video id: its ``_id``, or the ``video_id`` doc value of an ``ids_only`` body."""
+    if "_id" in hit:
+        return str(hit["_id"])
+    return str(hit["fields"]["video_id"][0])
+
+
 def knn_body(vector: Sequence[float], vector_field: str, size: int, settings: Settings,
              filter_query: dict[str, Any], over_fetch: int = 0) -> dict[str, Any]:
     """Return a kNN search body for ``size`` hits plus ``over_fetch`` extra, within the kNN limits."""
@@ -151,8 +169,8 @@ def history_content(profile: Mapping[str, Any], request: CandidateRequest, setti
     vector = profile.get("history_vector")
     if not vector:
         return None
-    return knn_body(vector, "text_embedding", channel_size("history_content", request, settings), settings,
-                    eligibility_filter(profile, request, settings), _over_fetch(profile, request, settings))
+    return ids_only(knn_body(vector, "text_embedding", channel_size("history_content", request, settings), settings,
+                             eligibility_filter(profile, request, settings), _over_fetch(profile, request, settings)))
 
 
 def collaborative(profile: Mapping[str, Any], request: CandidateRequest, settings: Settings) -> dict | None:
@@ -165,8 +183,8 @@ def collaborative(profile: Mapping[str, Any], request: CandidateRequest, setting
     if version:
         # Factors of two trainings live in different spaces, so their inner product means nothing.
         filter_query["bool"]["filter"].append({"term": {"cf_model_version": version}})
-    return knn_body(vector, "cf_embedding", channel_size("collaborative", request, settings), settings,
-                    filter_query, _over_fetch(profile, request, settings))
+    return ids_only(knn_body(vector, "cf_embedding", channel_size("collaborative", request, settings), settings,
+                             filter_query, _over_fetch(profile, request, settings)))
 
 
 def recent_query_texts(profile: Mapping[str, Any], settings: Settings) -> list[str]:
@@ -191,7 +209,7 @@ def query_text(profile: Mapping[str, Any], request: CandidateRequest, settings: 
         {"multi_match": {"query": text, "fields": list(TEXT_FIELDS), "type": "best_fields"}} for text in texts
     ]
     query["bool"]["minimum_should_match"] = 1
-    return {"query": query, "size": size, "_source": False, "track_total_hits": False}
+    return ids_only({"query": query, "size": size, "track_total_hits": False})
 
 
 def query_semantic(profile: Mapping[str, Any], request: CandidateRequest, settings: Settings) -> dict | None:
@@ -202,8 +220,8 @@ def query_semantic(profile: Mapping[str, Any], request: CandidateRequest, settin
         if not vectors:
             return None
         vector = [sum(values) / len(vectors) for values in zip(*vectors)]
-    return knn_body(vector, "text_embedding", channel_size("query_semantic", request, settings), settings,
-                    eligibility_filter(profile, request, settings), _over_fetch(profile, request, settings))
+    return ids_only(knn_body(vector, "text_embedding", channel_size("query_semantic", request, settings), settings,
+                             eligibility_filter(profile, request, settings), _over_fetch(profile, request, settings)))
 
 
 def popular_fresh(profile: Mapping[str, Any], request: CandidateRequest, settings: Settings,
@@ -216,7 +234,7 @@ def popular_fresh(profile: Mapping[str, Any], request: CandidateRequest, setting
     """
     if size is None:
         size = channel_size("popular_fresh", request, settings) + _over_fetch(profile, request, settings)
-    return {
+    return ids_only({
         "query": {"function_score": {
             "query": eligibility_filter(profile, request, settings, extra_excluded),
             "functions": [
@@ -233,9 +251,8 @@ def popular_fresh(profile: Mapping[str, Any], request: CandidateRequest, setting
         "size": min(size, MAX_KNN_CANDIDATES),
         "sort": [{"_score": "desc"}, {"video_id": "asc"}],
         "track_scores": True,
-        "_source": False,
         "track_total_hits": False,
-    }
+    })
 
 
 BUILDERS = {

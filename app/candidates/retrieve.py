@@ -71,8 +71,8 @@ async def fetch_profile(client: AsyncElasticsearch, settings: Settings, user_id:
 
 
 def parse_hits(response: dict[str, Any]) -> list[tuple[str, float]]:
-    """Return (video id, score) pairs of one search response; the document ``_id`` is the video id."""
-    return [(hit["_id"], float(hit["_score"] or 0.0)) for hit in response["hits"]["hits"]]
+    """Return (video id, score) pairs of one search response (``_id`` or the ``video_id`` doc value)."""
+    return [(channel_builders.hit_id(hit), float(hit["_score"] or 0.0)) for hit in response["hits"]["hits"]]
 
 
 async def run_msearch(client: AsyncElasticsearch, settings: Settings, queries: list[tuple[str, dict]],

@@ -46,7 +46,9 @@ def test_history_content_filters_inside_knn(config):
     assert knn["k"] == 50 + 1  # one excluded id did not fit in the filter, so one more is fetched
     assert knn["num_candidates"] == 102
     assert "post_filter" not in body
-    assert body["_source"] is False
+    assert "_source" not in body
+    assert body["stored_fields"] == "_none_"
+    assert body["docvalue_fields"] == ["video_id"]
     filters = knn["filter"]["bool"]["filter"]
     assert {"term": {"language": "en"}} in filters
     assert {"term": {"category": "cooking"}} in filters
