@@ -5,7 +5,8 @@ analyzes it as plain text, so characters such as ``/``, ``(``, ``"``, ``\\`` and
 ``+`` carry no query syntax. With a known user, a third list ranks the videos
 that match the query text by closeness to the user's history vector, and the
 user's age, region and not-interested marks filter every list. Watched videos
-stay searchable.
+stay searchable. ``app.search_rerank`` reranks the fused hits with the ranking
+model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Sequence
 
 import numpy as np
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, NotFoundError
 
 from app.candidates.channels import MAX_QUERY_CHARS, TEXT_FIELDS, CandidateRequest, eligibility_filter, knn_body
 from app.candidates.merge import fuse
@@ -40,7 +41,11 @@ class QueryEncoder(Protocol):
 
 @dataclass
 class SearchResult:
-    """Fused search hits (``Candidate.sources`` name the lists: bm25, knn, personal) and titles by id."""
+    """Fused search hits (``Candidate.sources`` name the lists: bm25, knn, personal) and titles by id.
+
+    ``items`` is the top k of ``fused``, the whole fused list. ``profile`` is the
+    profile the search read ({} when anonymous or unknown).
+    """
 
     request_id: str
     user_id: str | None
@@ -49,6 +54,8 @@ class SearchResult:
     items: list[Candidate]
     titles: dict[str, str] = field(default_factory=dict)
     took_ms: float = 0.0
+    fused: list[Candidate] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)
 
 
 def search_filter(profile: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -89,14 +96,29 @@ def check_query(q: str) -> str:
     return text
 
 
+async def read_whole_profile(client: AsyncElasticsearch, settings: Settings, user_id: str) -> dict[str, Any] | None:
+    """Return the user's whole profile document, or None for a user id with no profile.
+
+    The ranking features read ``recent_watches`` and ``impressions``, and
+    ``fetch_profile`` leaves ``recent_watches`` out.
+    """
+    try:
+        response = await client.get(index=settings.alias("users"), id=user_id)
+    except NotFoundError:
+        return None
+    return dict(response["_source"])
+
+
 async def search_videos(client: AsyncElasticsearch, settings: Settings, encoder: QueryEncoder | None, q: str,
                         k: int = 10, user_id: str | None = None, mode: SearchMode = "hybrid",
-                        request_id: str | None = None, window: int | None = None) -> SearchResult:
+                        request_id: str | None = None, window: int | None = None,
+                        whole_profile: bool = False) -> SearchResult:
     """Return the top ``k`` videos for ``q``; ``mode`` picks BM25 alone, kNN alone or both fused.
 
     Each list fetches ``window`` hits (default max(2k, 100)) before the fusion.
     Without an encoder, or when encoding fails, hybrid search falls back to BM25
-    and the result is marked degraded.
+    and the result is marked degraded. With ``whole_profile`` the user's whole
+    profile is read, as the ranking model needs it to rerank the hits.
     """
     text = check_query(q)
     request_id = request_id or uuid.uuid4().hex
@@ -105,7 +127,8 @@ async def search_videos(client: AsyncElasticsearch, settings: Settings, encoder:
 
     profile: dict[str, Any] = {}
     if user_id is not None:
-        profile = await fetch_profile(client, settings, user_id) or {}
+        read = read_whole_profile if whole_profile else fetch_profile
+        profile = await read(client, settings, user_id) or {}
     filter_query = search_filter(profile, settings)
 
     degraded = False
@@ -146,7 +169,7 @@ async def search_videos(client: AsyncElasticsearch, settings: Settings, encoder:
             ranked[name].append((hit["_id"], float(hit["_score"] or 0.0)))
             titles.setdefault(hit["_id"], (hit.get("_source") or {}).get("title", ""))
 
-    items = fuse(ranked, settings.candidates_rrf_k, weights={"personal": PERSONAL_WEIGHT})[:k]
+    fused = fuse(ranked, settings.candidates_rrf_k, weights={"personal": PERSONAL_WEIGHT})
     return SearchResult(request_id=request_id, user_id=user_id, cold_start=user_id is not None and not profile,
-                        degraded=degraded, items=items, titles=titles,
-                        took_ms=(time.perf_counter() - started) * 1000)
+                        degraded=degraded, items=fused[:k], titles=titles,
+                        took_ms=(time.perf_counter() - started) * 1000, fused=fused, profile=profile)

@@ -1,9 +1,10 @@
-"""`GET /v1/search`: personalized video search (BM25 and kNN fused)."""
+"""`GET /v1/search`: personalized video search (BM25 and kNN fused), reranked by the ranking model."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.candidates.channels import MAX_QUERY_CHARS
 from app.candidates.search import QueryEncoder, check_query, search_videos
+from app.search_rerank import rerank_search
 from app.security import require_read_key
 
 logger = logging.getLogger(__name__)
@@ -46,9 +48,18 @@ async def search(
     q: str = Query(..., max_length=MAX_QUERY_CHARS, description=f"query text, 1 to {MAX_QUERY_CHARS} characters"),
     user_id: str | None = Query(None, max_length=256, description="personalize for this user; unknown ids are cold-start"),
     k: int = Query(10, ge=1, le=MAX_K, description=f"number of results, 1 to {MAX_K}"),
-    explain: bool = Query(False, description="add each item's sources: list, rank and score"),
+    explain: bool = Query(False, description="add each item's sources (list, rank and score), fused score and "
+                                             "model score"),
+    rerank: bool = Query(True, description="rerank the fused hits with the ranking model; false returns the "
+                                           "fused order"),
 ) -> dict[str, Any]:
-    """Search videos by text, fusing BM25 and the query embedding's kNN, personalized when user_id is given."""
+    """Search videos by text, fusing BM25 and the query embedding's kNN, personalized when user_id is given.
+
+    The ranking model reranks the top VIDREC_SEARCH_RERANK_WINDOW fused hits
+    (at least k) with weight VIDREC_SEARCH_RERANK_WEIGHT (see app.search_rerank).
+    Item ``score`` is the blended score when the model reranked the hits, else
+    the fused score. When scoring fails the fused order is kept, marked degraded.
+    """
     try:
         check_query(q)
     except ValueError as error:
@@ -56,17 +67,32 @@ async def search(
                                        "input": q}]) from None
 
     settings = request.app.state.settings
+    weight = settings.search_rerank_weight if rerank else 0.0
     encoder = await query_encoder(request)
-    result = await search_videos(request.app.state.es, settings, encoder, q, k=k, user_id=user_id)
+    result = await search_videos(request.app.state.es, settings, encoder, q, k=k, user_id=user_id,
+                                 whole_profile=weight > 0)
+    # The lifespan start creates the aggregator. Without it the fused order is kept, marked degraded.
+    reranked = await rerank_search(result.fused, k, result.profile, getattr(request.app.state, "aggregator", None),
+                                   weight, settings.search_rerank_window, settings.candidates_rrf_k,
+                                   result.request_id, user_id)
 
     items = []
-    for rank, candidate in enumerate(result.items, start=1):
-        item: dict[str, Any] = {"video_id": candidate.video_id, "rank": rank, "score": candidate.fused_score,
+    for rank, hit in enumerate(reranked.hits, start=1):
+        candidate = hit.candidate
+        item: dict[str, Any] = {"video_id": candidate.video_id, "rank": rank, "score": _finite(hit.score),
                                 "title": result.titles.get(candidate.video_id, "")}
         if explain:
-            item["sources"] = [{"channel": hit.channel, "rank": hit.rank, "score": hit.score}
-                               for hit in candidate.sources]
+            item["sources"] = [{"channel": source.channel, "rank": source.rank, "score": _finite(source.score)}
+                               for source in candidate.sources]
+            item["fused_score"] = _finite(candidate.fused_score)
+            item["model_score"] = hit.model_score
         items.append(item)
-    logger.debug("search request_id=%s user_id=%s k=%d took_ms=%.1f", result.request_id, user_id, k, result.took_ms)
-    return {"request_id": result.request_id, "user_id": user_id, "model_version": None,
-            "cold_start": result.cold_start, "degraded": result.degraded, "items": items}
+    logger.debug("search request_id=%s user_id=%s k=%d took_ms=%.1f ranking_ms=%.1f", result.request_id, user_id,
+                 k, result.took_ms, reranked.ranking_ms)
+    return {"request_id": result.request_id, "user_id": user_id, "model_version": reranked.model_version,
+            "cold_start": result.cold_start, "degraded": result.degraded or reranked.degraded, "items": items}
+
+
+def _finite(value: float) -> float:
+    value = float(value)
+    return value if math.isfinite(value) else 0.0

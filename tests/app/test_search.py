@@ -27,10 +27,14 @@ def embedder():
 
 @pytest.fixture(scope="module")
 def search_settings(es_session_client, es_url, tmp_path_factory, embedder):
-    """Settings of one fixture catalog shared by the module's tests (they only read it)."""
+    """Settings of one fixture catalog shared by the module's tests (they only read it).
+
+    Weight 0 turns reranking off: these tests check retrieval and fusion, and
+    test_search_rerank.py checks the reranking.
+    """
     config = load_settings(es_url=es_url, index_prefix=f"test-{uuid.uuid4().hex[:10]}-",
                            model_dir=tmp_path_factory.mktemp("models"), api_read_key="test-read-key",
-                           api_write_key="test-write-key")
+                           api_write_key="test-write-key", search_rerank_weight=0.0)
     indices.create_all(es_session_client, config, names=("videos", "users"))
     docs = catalog()
     vectors = embedder.encode([video_text(doc["title"], doc["tags"], doc["description"], 1000) for doc in docs])
