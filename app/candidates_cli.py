@@ -35,9 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     candidates.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     candidates.add_argument("--max-users", type=int, help="evaluate at most this many users per world")
     candidates.add_argument("--skip-search", action="store_true", help="leave out the reddit-tomt search evaluation")
+    candidates.add_argument("--skip-recall", action="store_true",
+                            help="measure search quality only, on the indices of VIDREC_INDEX_PREFIX (read only); "
+                                 "no evaluation world is built")
+    candidates.add_argument("--skip-rerank", action="store_true",
+                            help="leave out the search rows reranked by the ranking model (VIDREC_RANKER_VERSION)")
     candidates.add_argument("--keep", action="store_true", help="keep the world's indices afterwards")
-    candidates.add_argument("--output", type=Path, default=Path("bench/results/candidates_eval.json"),
-                            help="JSON file for the tables (default bench/results/candidates_eval.json)")
+    candidates.add_argument("--output", type=Path,
+                            help="JSON file for the tables (default bench/results/candidates_eval.json, or "
+                                 "bench/results/search_eval.json with --skip-recall)")
     candidates.set_defaults(handler=run_evaluate_candidates)
 
 
@@ -74,9 +80,14 @@ def run_evaluate_candidates(args: argparse.Namespace, settings: Settings) -> int
         if split not in ("per_user", "global"):
             print(f"error: unknown split {split!r}; expected per_user or global")
             return 2
+    if args.skip_recall and args.skip_search:
+        print("error: --skip-recall and --skip-search together leave nothing to evaluate; drop one of them")
+        return 2
+    output = args.output or Path("bench/results/search_eval.json" if args.skip_recall
+                                 else "bench/results/candidates_eval.json")
     results = evaluate_candidates(settings, Path(data_dir), splits=splits, bootstrap=args.bootstrap,
                                   max_users=args.max_users, search=not args.skip_search, keep=args.keep,
-                                  output=args.output)
+                                  output=output, recall=not args.skip_recall, rerank=not args.skip_rerank)
     print(format_tables(results))
-    print(f"wrote {args.output}")
+    print(f"wrote {output}")
     return 0

@@ -10,7 +10,10 @@ Means over users carry a percentile bootstrap 95% confidence interval
 Search quality: the reddit-tomt validation queries whose answer movie is in
 ml-latest-small (joined on IMDb id through links.csv) are run through BM25
 alone, kNN alone and the hybrid; Recall@10, Recall@100 and MRR (reciprocal rank
-of the answer within the top 100, else 0).
+of the answer within the top 100, else 0). With a ranking model, the hybrid's
+fused hits are also reranked as `GET /v1/search` reranks them
+(:mod:`app.search_rerank`), once per blend weight. The queries are anonymous,
+so the model scores them with an empty profile.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from app.candidates.channels import MAX_QUERY_CHARS, CandidateRequest
 from app.candidates.merge import fuse
 from app.candidates.retrieve import retrieve_candidates
 from app.candidates.search import search_videos
+from app.aggregator import Aggregator
 from app.candidates.types import CHANNELS
 from app.es_client import make_async_client, make_client
+from app.search_rerank import blend_hits, score_hits, scoring_window
 from app.settings import Settings
 from indexing.embed import Embedder
 from indexing.movielens import read_links
@@ -44,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 RECALL_AT = (100, 500, 1000)
 SEARCH_MODES = ("bm25", "knn", "hybrid")
+RERANK_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
+SEARCH_K = 100
+# Time the in-process scorer gets per query: the evaluation measures quality, not the serving deadline.
+EVALUATION_DEADLINE_MS = 60_000.0
 CONCURRENT_REQUESTS = 4
 TOMT_TAGS = re.compile(r"^\s*(\[[^\]]*\]\s*)+")
 IMDB_ID = re.compile(r"tt\d+")
@@ -132,28 +141,86 @@ def tomt_queries(data_dir: Path) -> list[dict[str, str]]:
     return queries
 
 
-async def evaluate_search(settings: Settings, data_dir: Path, embedder: Embedder,
-                          resamples: int = 1000) -> dict[str, Any]:
-    """Return Recall@10, Recall@100 and MRR with bootstrap intervals per search mode on reddit-tomt."""
+def rerank_mode(weight: float) -> str:
+    return f"hybrid + rerank w={weight:g}"
+
+
+class SearchMetrics:
+    """Per-query Recall@10, Recall@100 and reciprocal rank (0 past the top 100) of one search mode."""
+
+    def __init__(self) -> None:
+        self.recall10: list[float] = []
+        self.recall100: list[float] = []
+        self.reciprocal: list[float] = []
+        self.seconds = 0.0
+
+    def add(self, ranked: Sequence[str], target: str) -> None:
+        rank = ranked.index(target) + 1 if target in ranked[:SEARCH_K] else None
+        self.recall10.append(1.0 if rank is not None and rank <= 10 else 0.0)
+        self.recall100.append(1.0 if rank is not None else 0.0)
+        self.reciprocal.append(1.0 / rank if rank is not None else 0.0)
+
+    def row(self, resamples: int) -> dict[str, Any]:
+        return {"recall@10": bootstrap_ci(self.recall10, resamples),
+                "recall@100": bootstrap_ci(self.recall100, resamples),
+                "mrr": bootstrap_ci(self.reciprocal, resamples), "seconds": self.seconds}
+
+
+async def evaluate_search(settings: Settings, data_dir: Path, embedder: Embedder, resamples: int = 1000,
+                          scorer: Any = None, rerank_weights: Sequence[float] = RERANK_WEIGHTS) -> dict[str, Any]:
+    """Return Recall@10, Recall@100 and MRR with bootstrap intervals per search mode on reddit-tomt.
+
+    With ``scorer`` (a loaded ranking model), the hybrid's fused hits are
+    reranked at each of ``rerank_weights``. The model scores each query's hits
+    once, in-process through the aggregator, and every weight blends the same
+    scores, so a rerank row's ``seconds`` is the scoring time alone. A query
+    whose scoring is degraded keeps the fused order in every rerank row, and
+    ``rerank_degraded`` counts such queries.
+    """
     queries = tomt_queries(data_dir)
     client = make_async_client(settings, request_timeout_s=60)
+    ranker = None
+    if scorer is not None:
+        ranker = Aggregator(settings.model_copy(update={"worker_urls": [],
+                                                        "ranking_deadline_ms": EVALUATION_DEADLINE_MS}), scorer)
     rows: dict[str, Any] = {}
+    degraded = 0
     try:
         for mode in SEARCH_MODES:
-            recall10, recall100, reciprocal = [], [], []
-            started = time.perf_counter()
+            metrics = SearchMetrics()
+            reranked = {weight: SearchMetrics() for weight in rerank_weights} if ranker and mode == "hybrid" else {}
             for query in tqdm(queries, desc=f"search {mode}", unit="query"):
-                result = await search_videos(client, settings, embedder, query["q"], k=100, mode=mode)
-                ranked = [item.video_id for item in result.items]
-                rank = ranked.index(query["video_id"]) + 1 if query["video_id"] in ranked else None
-                recall10.append(1.0 if rank is not None and rank <= 10 else 0.0)
-                recall100.append(1.0 if rank is not None else 0.0)
-                reciprocal.append(1.0 / rank if rank is not None else 0.0)
-            rows[mode] = {"recall@10": bootstrap_ci(recall10, resamples), "recall@100": bootstrap_ci(recall100, resamples),
-                          "mrr": bootstrap_ci(reciprocal, resamples), "seconds": time.perf_counter() - started}
+                started = time.perf_counter()
+                result = await search_videos(client, settings, embedder, query["q"], k=SEARCH_K, mode=mode)
+                metrics.seconds += time.perf_counter() - started
+                metrics.add([item.video_id for item in result.items], query["video_id"])
+                if not reranked:
+                    continue
+
+                started = time.perf_counter()
+                window = scoring_window(len(result.fused), SEARCH_K, settings.search_rerank_window)
+                scores, _ = await score_hits(ranker, result.fused[:window], {}, result.request_id, None)
+                scoring_s = time.perf_counter() - started
+                if scores is None:
+                    degraded += 1
+                for weight, weight_metrics in reranked.items():
+                    if scores is None:
+                        ranked = [item.video_id for item in result.items]
+                    else:
+                        hits = blend_hits(result.fused, scores, weight, settings.candidates_rrf_k, SEARCH_K)
+                        ranked = [hit.candidate.video_id for hit in hits]
+                    weight_metrics.add(ranked, query["video_id"])
+                    weight_metrics.seconds += scoring_s
+            rows[mode] = metrics.row(resamples)
+            for weight, weight_metrics in reranked.items():
+                rows[rerank_mode(weight)] = weight_metrics.row(resamples)
     finally:
         await client.close()
-    return {"queries": len(queries), "modes": rows}
+    results: dict[str, Any] = {"queries": len(queries), "modes": rows}
+    if scorer is not None:
+        results.update({"model_version": scorer.model_version, "rerank_window": settings.search_rerank_window,
+                        "rerank_degraded": degraded, "anonymous": True})
+    return results
 
 
 def hardware() -> dict[str, Any]:
@@ -161,16 +228,44 @@ def hardware() -> dict[str, Any]:
             "processor": platform.processor() or platform.uname().machine}
 
 
+def load_search_scorer(settings: Settings) -> tuple[Any, str | None]:
+    """Load the configured ranking model for the search rerank rows; return (scorer, None) or (None, error)."""
+    from app.worker import ScorerLoadError, load_warm_scorer
+
+    try:
+        return load_warm_scorer(settings, None), None
+    except ScorerLoadError as error:
+        logger.warning("search rerank rows left out: %s", error)
+        return None, str(error)
+
+
 def evaluate_candidates(settings: Settings, data_dir: Path, splits: Sequence[str] = ("per_user", "global"),
                         bootstrap: int = 1000, max_users: int | None = None, search: bool = True,
-                        keep: bool = False, output: Path | None = None) -> dict[str, Any]:
+                        keep: bool = False, output: Path | None = None, recall: bool = True,
+                        rerank: bool = True) -> dict[str, Any]:
     """Build each split's world, measure candidate recall (and search quality once), and return the tables.
 
-    With ``output``, the results so far are written there as JSON after each step.
+    Without ``recall`` no world is built, and search quality is measured on the
+    indices of ``settings.index_prefix``, which are only read. With ``rerank``,
+    the search rows include the hybrid reranked by the model that
+    ``settings.ranker_version`` names. With ``output``, the results so far are
+    written there as JSON after each step.
     """
-    client = make_client(settings, request_timeout_s=120)
     embedder = Embedder(settings, show_progress=False)
     results: dict[str, Any] = {"hardware": hardware(), "bootstrap_resamples": bootstrap, "recall": {}}
+    scorer = None
+    if search and rerank:
+        scorer, error = load_search_scorer(settings)
+        if error:
+            results["search_rerank_error"] = error
+    if not recall:
+        if search:
+            results["search"] = asyncio.run(evaluate_search(settings, data_dir, embedder, bootstrap, scorer))
+            results["search"]["index_prefix"] = settings.index_prefix
+            _save(results, output)
+        return results
+
+    client = make_client(settings, request_timeout_s=120)
     try:
         for split in splits:
             world = build_world(client, settings, data_dir / "movielens-latest-small", split, embedder=embedder,
@@ -181,7 +276,9 @@ def evaluate_candidates(settings: Settings, data_dir: Path, splits: Sequence[str
                 results["recall"][split]["build_seconds"] = world.build_seconds
                 _save(results, output)
                 if search and "search" not in results:
-                    results["search"] = asyncio.run(evaluate_search(world.settings, data_dir, embedder, bootstrap))
+                    results["search"] = asyncio.run(evaluate_search(world.settings, data_dir, embedder, bootstrap,
+                                                                    scorer))
+                    results["search"]["index_prefix"] = world.settings.index_prefix
                     _save(results, output)
             finally:
                 if not keep:
@@ -216,8 +313,13 @@ def format_tables(results: dict[str, Any]) -> str:
         search = results["search"]
         lines.append(f"\nSearch on reddit-tomt validation queries joined to ml-latest-small ({search['queries']} "
                      "queries), mean [95% bootstrap CI]")
+        if "model_version" in search:
+            lines.append(f"Rerank rows: model {search['model_version']}, anonymous queries (empty profile), "
+                         f"window {search['rerank_window']}, {search['rerank_degraded']} queries degraded")
         lines.append("| mode | Recall@10 | Recall@100 | MRR |")
         lines.append("|---|---|---|---|")
         for mode, row in search["modes"].items():
             lines.append(f"| {mode} | {_cell(row['recall@10'])} | {_cell(row['recall@100'])} | {_cell(row['mrr'])} |")
+    if "search_rerank_error" in results:
+        lines.append(f"Rerank rows left out: {results['search_rerank_error']}")
     return "\n".join(lines)
