@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol, Sequence
 
@@ -68,8 +68,9 @@ def as_ranking_candidates(items: Sequence[Candidate]) -> list[Candidate]:
     encoder then ignores its rank and score (it logs the unknown channel once).
     """
     return [
-        replace(item, sources=[ChannelHit(SEARCH_LIST_CHANNELS.get(hit.channel, hit.channel), hit.rank, hit.score)
-                               for hit in item.sources])
+        Candidate(video_id=item.video_id, fused_score=item.fused_score,
+                  sources=[ChannelHit(SEARCH_LIST_CHANNELS.get(hit.channel, hit.channel), hit.rank, hit.score)
+                           for hit in item.sources])
         for item in items
     ]
 
