@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from elasticsearch import AsyncElasticsearch, Elasticsearch
 from elasticsearch import ApiError, TransportError
+from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
 from app.settings import Settings
 
@@ -39,14 +41,31 @@ def _client_options(settings: Settings, request_timeout_s: float | None = None) 
     return options
 
 
+class OrjsonNdjsonSerializer(NdjsonSerializer):
+    """NDJSON bodies (``_bulk``, ``_msearch``) encoded and decoded with orjson, line by line."""
+
+    def json_dumps(self, data: Any) -> bytes:
+        return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def json_loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
 def make_client(settings: Settings, request_timeout_s: float | None = None) -> Elasticsearch:
     """Build a synchronous client for CLI commands, loaders and tests."""
     return Elasticsearch(**_client_options(settings, request_timeout_s))
 
 
 def make_async_client(settings: Settings, request_timeout_s: float | None = None) -> AsyncElasticsearch:
-    """Build an asyncio client for the API process."""
-    return AsyncElasticsearch(**_client_options(settings, request_timeout_s))
+    """Build an asyncio client for the API process, with orjson for request and response bodies.
+
+    The standard library's json took about 10 ms of the API's CPU per recommendation request (the
+    profile's vectors, the channel bodies, the impression bulk lines); orjson does the same in a fraction.
+    orjson writes NaN as null where json writes NaN, so callers keep checking values before they write.
+    """
+    serializers = {OrjsonSerializer.mimetype: OrjsonSerializer(),
+                   OrjsonNdjsonSerializer.mimetype: OrjsonNdjsonSerializer()}
+    return AsyncElasticsearch(**_client_options(settings, request_timeout_s), serializers=serializers)
 
 
 def cluster_health(client: Elasticsearch, timeout_s: float = 2.0) -> dict[str, Any] | None:

@@ -6,8 +6,10 @@ import logging
 import uuid
 from typing import Any
 
+import orjson
+
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from app.recommend import FallbackUnavailable, RecommendOptions
@@ -85,7 +87,7 @@ async def get_recommendations(
                                description="only videos allowed in this region (default: the user's region)"),
     exclude: list[str] = Query([], description="video ids never to return (repeat or comma-separate)"),
     explain: bool = Query(False, description="add each item's channels (rank, score) and fused score"),
-) -> JSONResponse:
+) -> Response:
     """Return up to k videos for the user, best first; unknown users get a cold-start answer."""
     options = RecommendOptions(k=_parse_k(k), language=language or None, category=category or None,
                                region=region or None, exclude=_parse_exclude(exclude), explain=explain)
@@ -97,6 +99,8 @@ async def get_recommendations(
         raise HTTPException(status_code=503, detail=str(error)) from None
     # Stage timings in the standard Server-Timing header, for clients and load tests.
     timing = ", ".join(f"{stage};dur={ms:.2f}" for stage, ms in result.timings_ms.items())
-    # The body already has the response model's shape; returning it as a JSONResponse skips a second
-    # validation of every item, which cost milliseconds per request at k=100.
-    return JSONResponse(result.body, headers={"Server-Timing": timing})
+    # The body already has the response model's shape; returning it as a Response skips a second
+    # validation of every item, which cost milliseconds per request at k=100, and orjson encodes it
+    # several times faster than json. Scores are finite (the recommender replaces NaN), so orjson's
+    # NaN-as-null never applies.
+    return Response(orjson.dumps(result.body), media_type="application/json", headers={"Server-Timing": timing})
