@@ -18,6 +18,7 @@ search, ml-latest-small on the 2-core development machine).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -72,14 +73,10 @@ def excluded_ids(profile: Mapping[str, Any], request: CandidateRequest) -> list[
     Watched ids come most recent first, so when the list is cut for the query
     filter, the ids left for the application are the oldest watches.
     """
-    seen: set[str] = set()
-    ordered: list[str] = []
-    for video_id in (*request.exclude_ids, *profile.get("not_interested", ()), *profile.get("watched_ids", ())):
-        video_id = str(video_id)
-        if video_id not in seen:
-            seen.add(video_id)
-            ordered.append(video_id)
-    return ordered
+    # dict.fromkeys keeps the first occurrence of each id, in order; it runs several times per request
+    # on profiles with thousands of watched ids, so it stays a single C-level pass.
+    return list(dict.fromkeys(map(str, itertools.chain(
+        request.exclude_ids, profile.get("not_interested", ()), profile.get("watched_ids", ())))))
 
 
 def split_exclusions(profile: Mapping[str, Any], request: CandidateRequest,

@@ -39,8 +39,10 @@ def fuse(ranked_lists: Mapping[str, Sequence[tuple[str, float]]], rrf_k: int,
                 continue
             seen.add(video_id)
             rank += 1
-            candidate = candidates.setdefault(video_id, Candidate(video_id=video_id))
-            candidate.sources.append(ChannelHit(channel=channel, rank=rank, score=float(score)))
+            candidate = candidates.get(video_id)
+            if candidate is None:
+                candidate = candidates[video_id] = Candidate(video_id)
+            candidate.sources.append(ChannelHit(channel, rank, float(score)))
             candidate.fused_score += weight / (rrf_k + rank)
     return sorted(candidates.values(), key=lambda candidate: (-candidate.fused_score, candidate.video_id))
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Retrieval channels, in the order their flags appear in ranking features.
 CHANNELS = ("history_content", "collaborative", "query_text", "query_semantic", "popular_fresh")
 
 
-@dataclass(frozen=True)
-class ChannelHit:
-    """One channel's vote for a candidate: its 1-based rank and raw score in that channel."""
+class ChannelHit(NamedTuple):
+    """One channel's vote for a candidate: its 1-based rank and raw score in that channel.
+
+    A named tuple rather than a frozen dataclass, because a request builds about a thousand of them
+    and a frozen dataclass's ``__init__`` is several times slower.
+    """
 
     channel: str
     rank: int
