@@ -39,6 +39,10 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+SHED_LOG_INTERVAL_S = 10.0
+# A shed request reads only watched and not-interested ids; past this it answers without them.
+SHED_PROFILE_TIMEOUT_S = 0.05
+
 
 @dataclass(frozen=True)
 class RecommendOptions:
@@ -68,14 +72,30 @@ class Recommender:
         self.impressions = impressions
         self.popular = popular
         self.titles = titles
+        self.inflight = 0  # requests inside _recommend now
+        self.shed_count = 0
+        self.shed_without_profile = 0
+        self._last_shed_log = 0.0
 
     async def recommend(self, user_id: str, options: RecommendOptions, request_id: str | None = None) -> Recommendation:
         """Return up to ``options.k`` videos for ``user_id``.
 
         A worker failure gives the fused order and an Elasticsearch failure the popular list, both marked
-        degraded. Raises FallbackUnavailable when Elasticsearch fails and no popular list is loaded.
+        degraded. While ``max_inflight_recommendations`` requests are already in progress, a new one is
+        shed: it gets the popular list minus the user's watched videos, marked degraded. Raises
+        FallbackUnavailable when Elasticsearch fails and no popular list is loaded.
         """
         request_id = request_id or uuid.uuid4().hex
+        limit = self.settings.max_inflight_recommendations
+        if limit and self.inflight >= limit and self.popular.loaded:
+            return await self._shed(request_id, user_id, options)
+        self.inflight += 1
+        try:
+            return await self._recommend(user_id, options, request_id)
+        finally:
+            self.inflight -= 1
+
+    async def _recommend(self, user_id: str, options: RecommendOptions, request_id: str) -> Recommendation:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         request = CandidateRequest(k=options.k, language=options.language, category=options.category,
@@ -172,6 +192,41 @@ class Recommender:
         key = self.settings.worker_hash_key
         value = user_id if key == "user_id" else getattr(options, key)
         return str(value or "")
+
+    async def _shed(self, request_id: str, user_id: str, options: RecommendOptions) -> Recommendation:
+        """Answer an overload: one small profile read for the exclusions, then the popular list.
+
+        Shedding keeps the latency of the requests already in progress from growing without bound
+        when requests arrive faster than Elasticsearch and the scorer serve them.
+        """
+        started = time.perf_counter()
+        self.shed_count += 1
+        now = time.monotonic()
+        if now - self._last_shed_log >= SHED_LOG_INTERVAL_S:
+            self._last_shed_log = now
+            logger.warning("request_id=%s user_id=%s shed: %d recommendation requests in progress (limit %d), "
+                           "answering from the popular list; %d shed since start, %d of them without the "
+                           "profile's exclusions", request_id, user_id, self.inflight,
+                           self.settings.max_inflight_recommendations, self.shed_count, self.shed_without_profile)
+        excluded = list(options.exclude)
+        try:
+            response = await self.es.options(request_timeout=SHED_PROFILE_TIMEOUT_S, max_retries=0).get(
+                index=self.settings.alias("users"), id=user_id, source_includes=["watched_ids", "not_interested"])
+            source = response["_source"]
+            excluded += [str(video_id) for video_id in (*source.get("not_interested", ()),
+                                                        *source.get("watched_ids", ()))]
+        except NotFoundError:
+            pass
+        except (TransportError, ApiError) as error:
+            # Counted and reported in the rate-limited shed warning; one line per request would flood an
+            # overloaded service's log.
+            self.shed_without_profile += 1
+            logger.debug("request_id=%s user_id=%s: profile read of a shed request failed, the popular "
+                         "list may hold watched videos: %r", request_id, user_id, error)
+        timings = {"shed": 0.0, "profile": _ms_since(started)}
+        shed_options = RecommendOptions(k=options.k, language=options.language, category=options.category,
+                                        region=options.region, exclude=tuple(excluded), explain=options.explain)
+        return self._from_popular(request_id, user_id, shed_options, timings, started)
 
     def _from_popular(self, request_id: str, user_id: str, options: RecommendOptions,
                       timings: dict[str, float], started: float) -> Recommendation:

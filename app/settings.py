@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     api_write_key: str | None = Field(None, description="key for write routes under /v1 (header X-API-Key)")
     local_dev: bool = Field(False, description="allow the API to start without keys, for local development only")
     max_body_bytes: int = Field(5_000_000, ge=1024, description="largest accepted request body in bytes")
+    max_inflight_recommendations: int = Field(
+        8, ge=0, le=10_000,
+        description="recommendation requests served in full at once; past it a request gets the popular list "
+        "without the user's watched videos, marked degraded (0: no limit)",
+    )
     worker_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ranking workers, comma-separated URLs")
     worker_policy: Literal["round_robin", "least_loaded", "hash"] = Field(
         "round_robin", description="how the aggregator picks a ranking worker"

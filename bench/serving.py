@@ -12,7 +12,8 @@ flag and the stage times of the Server-Timing header. Configurations:
 
 Elasticsearch, the API, the workers and this load generator share the
 machine's cores; the CPU seconds each used per configuration come from
-psutil. The data must be loaded and a ranker trained first (`vidrec demo`).
+psutil. The data must be loaded and a ranker trained first (`vidrec demo`). ``--max-inflight``
+sets the API's load-shedding limit; one configuration runs without shedding for comparison.
 
     python bench/serving.py --data ../shared/data/movielens-latest-small --rate 20 --duration 30
 
@@ -56,6 +57,7 @@ class Config:
     workers: list[str]  # keys into the started workers: "a", "b", "slow", "doomed"
     policy: str = "round_robin"
     kill: str | None = None  # worker stopped (SIGTERM) halfway through the measured time
+    max_inflight: int | None = None  # VIDREC_MAX_INFLIGHT_RECOMMENDATIONS; None keeps --max-inflight
 
 
 @dataclass
@@ -64,6 +66,7 @@ class RunResult:
     requests: int
     errors: int
     degraded: int
+    shed: int
     latency_ms: dict[str, float]
     stage_p50_ms: dict[str, float]
     stage_p99_ms: dict[str, float]
@@ -174,6 +177,9 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=100, help="videos per request (default 100)")
     parser.add_argument("--slow-ms", type=float, default=60.0, help="delay of the slowed worker (default 60)")
     parser.add_argument("--only", help="comma-separated configuration names to run")
+    parser.add_argument("--max-inflight", type=int, default=None,
+                        help="recommendation requests the API serves in full at once before it sheds to the "
+                        "popular list (default: the API's VIDREC_MAX_INFLIGHT_RECOMMENDATIONS)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "results" / "serving.json")
     args = parser.parse_args()
 
@@ -190,6 +196,7 @@ def main() -> int:
         Config("in-process", []),
         Config("1 worker", ["a"]),
         Config("2 workers", ["a", "b"]),
+        Config("2 workers, no shedding", ["a", "b"], max_inflight=0),
         Config("slowed: round_robin", ["a", "slow"], "round_robin"),
         Config("slowed: least_loaded", ["a", "slow"], "least_loaded"),
         Config("slowed: hash(user)", ["a", "slow"], "hash"),
@@ -218,6 +225,9 @@ def main() -> int:
             port = free_port()
             api_env = {**env, "VIDREC_WORKER_URLS": ",".join(workers[key][0] for key in config.workers),
                        "VIDREC_WORKER_POLICY": config.policy}
+            max_inflight = config.max_inflight if config.max_inflight is not None else args.max_inflight
+            if max_inflight is not None:
+                api_env["VIDREC_MAX_INFLIGHT_RECOMMENDATIONS"] = str(max_inflight)
             api = start(["serve", "--port", str(port)], api_env, logs / f"api-{len(results)}.log")
             try:
                 wait_for(f"http://127.0.0.1:{port}/readyz", api, "API", timeout_s=240.0)
@@ -248,6 +258,7 @@ def main() -> int:
             result = RunResult(
                 config=config.name, requests=len(records), errors=len(records) - len(ok),
                 degraded=sum(record["degraded"] for record in ok),
+                shed=sum("shed" in record["stages"] for record in ok),
                 latency_ms={**percentiles([record["latency_ms"] for record in ok]),
                             "max_send_lag": max((record["lag_ms"] for record in records), default=0.0)},
                 stage_p50_ms={stage: percentiles([r["stages"][stage] for r in ok if stage in r["stages"]])["p50"]
@@ -343,17 +354,19 @@ def print_row(result: RunResult, rate: float) -> None:
     latency = result.latency_ms
     print(f"{result.config}: {result.requests} requests at {result.achieved_rate:.1f}/s (target {rate:g}/s), "
           f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, {result.errors} errors, "
-          f"{result.degraded} degraded", flush=True)
+          f"{result.degraded} degraded ({result.shed} shed)", flush=True)
 
 
 def print_table(results: list[RunResult], args: argparse.Namespace, hardware: dict) -> None:
     print(f"\nOpen loop at {args.rate:g} requests/s, k={args.k}, {args.duration:g} s per configuration; "
           f"{hardware['cpus']} CPUs ({hardware['cpu_model']}) shared by Elasticsearch, API, workers and load "
           f"generator. Slowed worker: +{args.slow_ms:g} ms per batch.\n")
-    header = ("| configuration | p50 ms | p95 ms | p99 ms | errors | degraded | profile | msearch | merge "
+    header = ("| configuration | p50 ms | p95 ms | p99 ms | p99 / first row | errors | degraded (shed) | profile "
+              "| msearch | merge "
               "| scoring | dispatch | titles | worker share | CPU cores used (ES / API / workers / loadgen / other) |")
     print(header)
     print("|" + "|".join(["---"] * (header.count("|") - 1)) + "|")
+    baseline_p99 = results[0].latency_ms["p99"] if results else float("nan")
     for result in results:
         latency, stages = result.latency_ms, result.stage_p50_ms
         share = ", ".join(f"{key} {value:.0%}" for key, value in result.worker_share.items()) or "-"
@@ -361,12 +374,14 @@ def print_table(results: list[RunResult], args: argparse.Namespace, hardware: di
         cpu = (f"{result.cpu_s.get('elasticsearch', float('nan')):.2f} / {result.cpu_s['api']:.2f} / "
                f"{workers_cpu:.2f} / {result.cpu_s['load generator']:.2f} / {result.cpu_s['other processes']:.2f}")
         print(f"| {result.config} | {latency['p50']:.1f} | {latency['p95']:.1f} | {latency['p99']:.1f} | "
-              f"{result.errors} | {result.degraded} | {stages['profile']:.1f} | {stages['msearch']:.1f} | "
+              f"{latency['p99'] / baseline_p99:.2f} | {result.errors} | {result.degraded} ({result.shed}) | "
+              f"{stages['profile']:.1f} | {stages['msearch']:.1f} | "
               f"{stages['merge']:.1f} | {stages['scoring']:.1f} | {stages['dispatch']:.1f} | "
               f"{stages['titles']:.1f} | {share} | {cpu} |")
     print("\nStage columns are medians (ms) from the Server-Timing header. scoring is the time inside the scorer "
           "(features and model; on a worker also decoding the body and any added delay), dispatch the rest of "
-          "the ranking stage (encoding, HTTP, waiting).")
+          "the ranking stage (encoding, HTTP, waiting). A shed request got the popular list without the user's "
+          "watched videos because the API already had its limit of requests in progress; it counts as degraded.")
 
 
 if __name__ == "__main__":

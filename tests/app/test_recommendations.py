@@ -149,6 +149,29 @@ def test_unreachable_es_answers_from_popular_list(rec_settings):
     assert cold.status_code == 200
 
 
+def test_overload_sheds_to_popular_unwatched(rec_settings):
+    limited = rec_settings.model_copy(update={"max_inflight_recommendations": 2})
+    with TestClient(create_app(limited)) as client:
+        recommender = client.app.state.recommender
+        recommender.inflight = 2  # two requests in progress: the limit is reached
+        shed = get(client, k=10)
+        recommender.inflight = 1
+        served = get(client, k=10)
+        shed_count = recommender.shed_count
+    assert shed.status_code == 200
+    body = shed.json()
+    assert body["degraded"] is True
+    assert body["model_version"] is None
+    assert "shed;dur=" in shed.headers["server-timing"]
+    ids = [item["video_id"] for item in body["items"]]
+    assert len(ids) == 10
+    assert not set(ids) & set(WATCHED)
+    assert not set(ids) & UNAVAILABLE
+    assert served.json()["degraded"] is False
+    assert "shed;dur=" not in served.headers["server-timing"]
+    assert shed_count == 1
+
+
 def test_recovers_when_node_returns(rec_settings):
     proxy = TcpProxy("127.0.0.1", int(rec_settings.es_url.rsplit(":", 1)[1]))
     proxy.start()
