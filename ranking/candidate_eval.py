@@ -13,7 +13,9 @@ alone, kNN alone and the hybrid; Recall@10, Recall@100 and MRR (reciprocal rank
 of the answer within the top 100, else 0). With a ranking model, the hybrid's
 fused hits are also reranked as `GET /v1/search` reranks them
 (:mod:`app.search_rerank`), once per blend weight. The queries are anonymous,
-so the model scores them with an empty profile.
+so the model scores them with an empty profile, as the route does. A
+diagnostic set of rows gives that profile the query's embedding as its query
+vector, which the route does not do.
 """
 
 from __future__ import annotations
@@ -141,8 +143,14 @@ def tomt_queries(data_dir: Path) -> list[dict[str, str]]:
     return queries
 
 
-def rerank_mode(weight: float) -> str:
-    return f"hybrid + rerank w={weight:g}"
+# Profiles the reranked rows score the anonymous queries with: empty, as `GET /v1/search` does for an
+# anonymous search, and with the query's embedding as the profile's query vector (a diagnostic row).
+RERANK_PROFILES = ("empty", "query vector")
+
+
+def rerank_mode(weight: float, profile: str = "empty") -> str:
+    name = f"hybrid + rerank w={weight:g}"
+    return name if profile == "empty" else f"{name}, {profile} in profile"
 
 
 class SearchMetrics:
@@ -165,17 +173,31 @@ class SearchMetrics:
                 "recall@100": bootstrap_ci(self.recall100, resamples),
                 "mrr": bootstrap_ci(self.reciprocal, resamples), "seconds": self.seconds}
 
+    def paired_difference(self, baseline: "SearchMetrics", resamples: int) -> dict[str, Any]:
+        """Return the mean per-query difference from ``baseline`` (same queries, same order) with its
+        bootstrap interval, for Recall@10 and MRR."""
+        return {"recall@10": bootstrap_ci(np.subtract(self.recall10, baseline.recall10), resamples),
+                "mrr": bootstrap_ci(np.subtract(self.reciprocal, baseline.reciprocal), resamples)}
+
+
+def _rerank_profile(profile: str, query_vector: Any) -> dict[str, Any]:
+    if profile == "query vector" and query_vector is not None:
+        return {"query_vector": [float(value) for value in query_vector]}
+    return {}
+
 
 async def evaluate_search(settings: Settings, data_dir: Path, embedder: Embedder, resamples: int = 1000,
                           scorer: Any = None, rerank_weights: Sequence[float] = RERANK_WEIGHTS) -> dict[str, Any]:
     """Return Recall@10, Recall@100 and MRR with bootstrap intervals per search mode on reddit-tomt.
 
     With ``scorer`` (a loaded ranking model), the hybrid's fused hits are
-    reranked at each of ``rerank_weights``. The model scores each query's hits
-    once, in-process through the aggregator, and every weight blends the same
-    scores, so a rerank row's ``seconds`` is the scoring time alone. A query
-    whose scoring is degraded keeps the fused order in every rerank row, and
-    ``rerank_degraded`` counts such queries.
+    reranked at each of ``rerank_weights``, once per profile of
+    RERANK_PROFILES. The model scores each query's hits once per profile,
+    in-process through the aggregator, and every weight blends the same
+    scores, so a rerank row's ``seconds`` is the scoring time alone. Each
+    rerank row also has ``vs_hybrid``: the paired per-query difference from the
+    hybrid with its bootstrap interval. A query whose scoring is degraded keeps
+    the fused order in the rerank rows, and ``rerank_degraded`` counts them.
     """
     queries = tomt_queries(data_dir)
     client = make_async_client(settings, request_timeout_s=60)
@@ -188,32 +210,37 @@ async def evaluate_search(settings: Settings, data_dir: Path, embedder: Embedder
     try:
         for mode in SEARCH_MODES:
             metrics = SearchMetrics()
-            reranked = {weight: SearchMetrics() for weight in rerank_weights} if ranker and mode == "hybrid" else {}
+            reranked: dict[tuple[str, float], SearchMetrics] = {}
+            if ranker is not None and mode == "hybrid":
+                reranked = {(profile, weight): SearchMetrics()
+                            for profile in RERANK_PROFILES for weight in rerank_weights}
             for query in tqdm(queries, desc=f"search {mode}", unit="query"):
                 started = time.perf_counter()
                 result = await search_videos(client, settings, embedder, query["q"], k=SEARCH_K, mode=mode)
                 metrics.seconds += time.perf_counter() - started
                 metrics.add([item.video_id for item in result.items], query["video_id"])
-                if not reranked:
-                    continue
 
-                started = time.perf_counter()
                 window = scoring_window(len(result.fused), SEARCH_K, settings.search_rerank_window)
-                scores, _ = await score_hits(ranker, result.fused[:window], {}, result.request_id, None)
-                scoring_s = time.perf_counter() - started
-                if scores is None:
-                    degraded += 1
-                for weight, weight_metrics in reranked.items():
-                    if scores is None:
-                        ranked = [item.video_id for item in result.items]
-                    else:
-                        hits = blend_hits(result.fused, scores, weight, settings.candidates_rrf_k, SEARCH_K)
-                        ranked = [hit.candidate.video_id for hit in hits]
-                    weight_metrics.add(ranked, query["video_id"])
-                    weight_metrics.seconds += scoring_s
+                for profile in RERANK_PROFILES if reranked else ():
+                    started = time.perf_counter()
+                    scores, _ = await score_hits(ranker, result.fused[:window],
+                                                 _rerank_profile(profile, result.query_vector),
+                                                 result.request_id, None)
+                    scoring_s = time.perf_counter() - started
+                    degraded += scores is None
+                    for weight in rerank_weights:
+                        if scores is None:
+                            ranked = [item.video_id for item in result.items]
+                        else:
+                            hits = blend_hits(result.fused, scores, weight, settings.candidates_rrf_k, SEARCH_K)
+                            ranked = [hit.candidate.video_id for hit in hits]
+                        reranked[profile, weight].add(ranked, query["video_id"])
+                        reranked[profile, weight].seconds += scoring_s
             rows[mode] = metrics.row(resamples)
-            for weight, weight_metrics in reranked.items():
-                rows[rerank_mode(weight)] = weight_metrics.row(resamples)
+            for (profile, weight), weight_metrics in reranked.items():
+                rows[rerank_mode(weight, profile)] = dict(weight_metrics.row(resamples),
+                                                          vs_hybrid=weight_metrics.paired_difference(metrics,
+                                                                                                     resamples))
     finally:
         await client.close()
     results: dict[str, Any] = {"queries": len(queries), "modes": rows}
@@ -314,12 +341,16 @@ def format_tables(results: dict[str, Any]) -> str:
         lines.append(f"\nSearch on reddit-tomt validation queries joined to ml-latest-small ({search['queries']} "
                      "queries), mean [95% bootstrap CI]")
         if "model_version" in search:
-            lines.append(f"Rerank rows: model {search['model_version']}, anonymous queries (empty profile), "
-                         f"window {search['rerank_window']}, {search['rerank_degraded']} queries degraded")
-        lines.append("| mode | Recall@10 | Recall@100 | MRR |")
-        lines.append("|---|---|---|---|")
+            lines.append(f"Rerank rows: model {search['model_version']}, anonymous queries, window "
+                         f"{search['rerank_window']}, {search['rerank_degraded']} scorings degraded. The last two "
+                         "columns are paired per-query differences from the hybrid.")
+        lines.append("| mode | Recall@10 | Recall@100 | MRR | Recall@10 - hybrid | MRR - hybrid |")
+        lines.append("|---|---|---|---|---|---|")
         for mode, row in search["modes"].items():
-            lines.append(f"| {mode} | {_cell(row['recall@10'])} | {_cell(row['recall@100'])} | {_cell(row['mrr'])} |")
+            paired = row.get("vs_hybrid")
+            differences = f"{_cell(paired['recall@10'])} | {_cell(paired['mrr'])}" if paired else " | "
+            lines.append(f"| {mode} | {_cell(row['recall@10'])} | {_cell(row['recall@100'])} | {_cell(row['mrr'])} "
+                         f"| {differences} |")
     if "search_rerank_error" in results:
         lines.append(f"Rerank rows left out: {results['search_rerank_error']}")
     return "\n".join(lines)

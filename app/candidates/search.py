@@ -44,7 +44,8 @@ class SearchResult:
     """Fused search hits (``Candidate.sources`` name the lists: bm25, knn, personal) and titles by id.
 
     ``items`` is the top k of ``fused``, the whole fused list. ``profile`` is the
-    profile the search read ({} when anonymous or unknown).
+    profile the search read ({} when anonymous or unknown). ``query_vector`` is
+    the query's embedding, None when the search ran without one.
     """
 
     request_id: str
@@ -56,6 +57,7 @@ class SearchResult:
     took_ms: float = 0.0
     fused: list[Candidate] = field(default_factory=list)
     profile: dict[str, Any] = field(default_factory=dict)
+    query_vector: np.ndarray | None = None
 
 
 def search_filter(profile: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -172,4 +174,5 @@ async def search_videos(client: AsyncElasticsearch, settings: Settings, encoder:
     fused = fuse(ranked, settings.candidates_rrf_k, weights={"personal": PERSONAL_WEIGHT})
     return SearchResult(request_id=request_id, user_id=user_id, cold_start=user_id is not None and not profile,
                         degraded=degraded, items=fused[:k], titles=titles,
-                        took_ms=(time.perf_counter() - started) * 1000, fused=fused, profile=profile)
+                        took_ms=(time.perf_counter() - started) * 1000, fused=fused, profile=profile,
+                        query_vector=vector)

@@ -231,6 +231,7 @@ def test_search_reports_fixture_version(catalog_settings, encoder):
     scores = [model_score(video_id) for video_id in fused_ids]
     expected = blend_order(fused_ids, scores, catalog_settings.search_rerank_weight, RRF_K)[:20]
     assert ids(body) == [fused_ids[index] for index, _ in expected]
+    assert ids(body) != fused_ids[:20]
     assert [item["score"] for item in body["items"]] == pytest.approx([final for _, final in expected])
     assert [item["rank"] for item in body["items"]] == list(range(1, 21))
 

@@ -7,7 +7,8 @@ import pytest
 
 from app.candidates.search import search_videos
 from app.es_client import make_async_client
-from ranking.candidate_eval import RERANK_WEIGHTS, SearchMetrics, evaluate_search, format_tables, rerank_mode
+from ranking.candidate_eval import (RERANK_PROFILES, RERANK_WEIGHTS, SearchMetrics, evaluate_search, format_tables,
+                                    rerank_mode)
 from tests.app.fixture_scorer import FixtureScorer, fixture_score
 from tests.app.recommend_catalog import N_VIDEOS, index_catalog, video_doc
 
@@ -24,14 +25,39 @@ def test_search_metrics_count_ranks():
     assert metrics.reciprocal == pytest.approx([0.5, 1 / 21, 0.0])
 
 
+def test_paired_difference_per_query():
+    baseline, better = SearchMetrics(), SearchMetrics()
+    for ranked in (["t"], ["x", "t"], ["x"]):
+        baseline.add(ranked, "t")
+    for ranked in (["t"], ["t"], ["x", "t"]):
+        better.add(ranked, "t")
+    difference = better.paired_difference(baseline, resamples=50)
+    assert difference["mrr"]["mean"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+    assert difference["recall@10"]["mean"] == pytest.approx(1 / 3)
+
+
 def test_format_tables_lists_rerank_rows():
     cell = {"mean": 0.5, "low": 0.4, "high": 0.6, "n": 2}
     row = {"recall@10": cell, "recall@100": cell, "mrr": cell}
+    paired = dict(row, vs_hybrid={"recall@10": cell, "mrr": cell})
     results = {"search": {"queries": 2, "model_version": "mlp-1", "rerank_window": 100, "rerank_degraded": 0,
-                          "modes": {"hybrid": row, rerank_mode(0.25): row}}}
+                          "modes": {"hybrid": row, rerank_mode(0.25): paired}}}
     text = format_tables(results)
-    assert "| hybrid + rerank w=0.25 | 0.500 [0.400, 0.600] |" in text
-    assert "model mlp-1, anonymous queries (empty profile), window 100" in text
+    assert "| hybrid | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] |  |  |" in text
+    assert "| hybrid + rerank w=0.25 | " + " | ".join(["0.500 [0.400, 0.600]"] * 5) + " |" in text
+    assert "model mlp-1, anonymous queries, window 100" in text
+
+
+class ProfileRecordingScorer(FixtureScorer):
+    """The fixture scorer, recording each profile it scores with."""
+
+    def __init__(self, model_version):
+        super().__init__(model_version)
+        self.profiles = []
+
+    def score(self, profile, candidates, request_time):
+        self.profiles.append(profile)
+        return super().score(profile, candidates, request_time)
 
 
 class FixedVectorEncoder:
@@ -64,12 +90,13 @@ async def test_evaluate_search_rerank_rows(settings, es, tmp_path):
     write_tomt(tmp_path)
     rng = np.random.default_rng(7)
     encoder = FixedVectorEncoder([video_doc(i, rng) for i in range(N_VIDEOS)][40]["text_embedding"])
-    scorer = FixtureScorer("fixture-v1")
+    scorer = ProfileRecordingScorer("fixture-v1")
 
     results = await evaluate_search(settings, tmp_path, encoder, resamples=50, scorer=scorer)
 
     modes = results["modes"]
-    assert list(modes) == ["bm25", "knn", "hybrid"] + [rerank_mode(weight) for weight in RERANK_WEIGHTS]
+    assert list(modes) == ["bm25", "knn", "hybrid"] + [rerank_mode(weight, profile) for profile in RERANK_PROFILES
+                                                       for weight in RERANK_WEIGHTS]
     assert results["queries"] == 3
     assert results["model_version"] == "fixture-v1"
     assert results["rerank_degraded"] == 0
@@ -92,6 +119,13 @@ async def test_evaluate_search_rerank_rows(settings, es, tmp_path):
     # The window is the top 100, the same hits as the hybrid's top 100, in another order.
     assert model_row["recall@100"]["mean"] == modes["hybrid"]["recall@100"]["mean"]
     assert model_row["mrr"]["mean"] != modes["hybrid"]["mrr"]["mean"]
+    assert model_row["vs_hybrid"]["mrr"]["mean"] == pytest.approx(
+        model_row["mrr"]["mean"] - modes["hybrid"]["mrr"]["mean"])
+    # One scoring per query and profile: empty, then the query's embedding as the query vector.
+    assert scorer.profiles[0::2] == [{}] * 3
+    assert scorer.profiles[1::2] == [{"query_vector": pytest.approx(encoder.vector.tolist())}] * 3
+    # The fixture scores depend only on the video id, so the profile changes nothing.
+    assert modes[rerank_mode(1.0, "query vector")]["mrr"] == model_row["mrr"]
 
 
 def test_evaluate_rejects_skipping_everything(tmp_path, capsys):
