@@ -76,11 +76,6 @@ class Settings(BaseSettings):
     api_write_key: str | None = Field(None, description="key for write routes under /v1 (header X-API-Key)")
     local_dev: bool = Field(False, description="allow the API to start without keys, for local development only")
     max_body_bytes: int = Field(5_000_000, ge=1024, description="largest accepted request body in bytes")
-    as_of: datetime | None = Field(
-        None,
-        description="serve as if the current time were this ISO 8601 time, for a replayed dataset whose events "
-        "end in the past (unset in production: the wall clock)",
-    )
     max_inflight_recommendations: int = Field(
         8, ge=0, le=10_000,
         description="recommendation requests served in full at once; past it a request gets the popular list "
