@@ -14,6 +14,9 @@ A second run reuses what the first built, as recorded in
   model version the state names;
 - the ranker step is skipped while ``VIDREC_MODEL_DIR`` contains the version
   the state names, and the workers serve that version.
+
+The API and the workers serve as of the day after the last watch event
+(``VIDREC_AS_OF``), because the dataset's events end years before today.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +92,34 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     version = train_ranker(settings, path, state, state_path)
     if version is None:
         return 1
+    update: dict[str, Any] = {"ranker_version": version}
+    if settings.as_of is None:
+        update["as_of"] = replay_clock(settings)
     step(5, "starting two ranking workers and the API on 127.0.0.1")
-    return serve_and_show(args, settings.model_copy(update={"ranker_version": version}))
+    return serve_and_show(args, settings.model_copy(update=update))
+
+
+def replay_clock(settings: Settings) -> datetime | None:
+    """Return the day after the last watch event, the serving clock of a replayed dataset; None without events.
+
+    MovieLens ends years ago. Served at the wall clock, every video would look years older and the
+    popular-fresh decay would shrink its scores far below those the ranker was trained on.
+    """
+    from app.es_client import make_client
+
+    client = make_client(settings)
+    try:
+        response = client.search(index=settings.alias("watch-events"), size=0,
+                                 aggs={"last": {"max": {"field": "@timestamp"}}})
+    finally:
+        client.close()
+    last_ms = response["aggregations"]["last"]["value"]
+    if last_ms is None:
+        return None
+    as_of = datetime.fromtimestamp(last_ms / 1000, timezone.utc) + timedelta(days=1)
+    print(f"serving as of {as_of:%Y-%m-%d %H:%M} UTC, the day after the last watch event "
+          "(set VIDREC_AS_OF to choose another time)", flush=True)
+    return as_of
 
 
 def save_state(state: dict[str, Any], state_path: Path) -> None:
@@ -197,6 +227,8 @@ def wait_for(url: str, process: subprocess.Popen, name: str, timeout_s: float = 
 def serve_and_show(args: argparse.Namespace, settings: Settings) -> int:
     env = dict(os.environ)
     env["VIDREC_RANKER_VERSION"] = settings.ranker_version  # the workers serve this run's model
+    if settings.as_of is not None:
+        env["VIDREC_AS_OF"] = settings.as_of.isoformat()
     if not (settings.api_read_key and settings.api_write_key):
         env["VIDREC_LOCAL_DEV"] = "true"  # the demo binds to loopback only
     worker_ports = [free_port(), free_port()]

@@ -21,7 +21,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
@@ -98,8 +97,11 @@ class Recommender:
     async def _recommend(self, user_id: str, options: RecommendOptions, request_id: str) -> Recommendation:
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        request_time = self.settings.now()
+        # With a fixed serving clock, popular-fresh's recency decay starts from it too, not from the node's clock.
+        origin = request_time.strftime("%Y-%m-%dT%H:%M:%SZ") if self.settings.as_of else "now"
         request = CandidateRequest(k=options.k, language=options.language, category=options.category,
-                                   region=options.region, exclude_ids=options.exclude)
+                                   region=options.region, exclude_ids=options.exclude, now=origin)
         try:
             profile_doc = await self._read_profile(user_id)
             timings["profile"] = _ms_since(started)
@@ -122,7 +124,7 @@ class Recommender:
 
         mark = time.perf_counter()
         ranked = await self.aggregator.rank(request_id, user_id, profile, candidates,
-                                            datetime.now(timezone.utc), hash_key=self._hash_key(user_id, options))
+                                            request_time, hash_key=self._hash_key(user_id, options))
         timings["ranking"] = _ms_since(mark)
         timings["scoring"] = ranked.scoring_ms
         timings["dispatch"] = ranked.dispatch_ms

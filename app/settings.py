@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
     api_write_key: str | None = Field(None, description="key for write routes under /v1 (header X-API-Key)")
     local_dev: bool = Field(False, description="allow the API to start without keys, for local development only")
     max_body_bytes: int = Field(5_000_000, ge=1024, description="largest accepted request body in bytes")
+    as_of: datetime | None = Field(
+        None,
+        description="serve as if the current time were this ISO 8601 time, for a replayed dataset whose events "
+        "end in the past (unset in production: the wall clock)",
+    )
     max_inflight_recommendations: int = Field(
         8, ge=0, le=10_000,
         description="recommendation requests served in full at once; past it a request gets the popular list "
@@ -152,6 +158,17 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @field_validator("as_of", mode="after")
+    @classmethod
+    def _as_of_in_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+    def now(self) -> datetime:
+        """Return the serving clock: ``as_of`` when set, else the current UTC time."""
+        return self.as_of or datetime.now(timezone.utc)
 
     @field_validator("es_url")
     @classmethod

@@ -53,3 +53,18 @@ def test_demo_trains_when_only_other_models_exist(settings, tmp_path, monkeypatc
     assert version == "mlp-new"
     assert state["ranker_model"] == "mlp-new"
     assert (tmp_path / "state.json").exists()
+
+
+@pytest.mark.es
+def test_replay_clock_is_day_after_last_watch(settings, es):
+    from datetime import datetime, timezone
+
+    from app import demo
+    from indexing import indices
+
+    indices.create_all(es, settings)
+    assert demo.replay_clock(settings) is None
+    for number, stamp in enumerate(["2018-09-20T08:00:00Z", "2018-09-24T03:00:00Z", "2017-01-01T00:00:00Z"]):
+        es.index(index=settings.alias("watch-events"), id=f"e{number}", refresh=True,
+                 document={"event_id": f"e{number}", "@timestamp": stamp, "user_id": "u1", "video_id": f"v{number}"})
+    assert demo.replay_clock(settings) == datetime(2018, 9, 25, 3, tzinfo=timezone.utc)

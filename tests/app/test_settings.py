@@ -61,3 +61,21 @@ def test_api_keys_required_outside_local_dev():
 
 def test_local_dev_allows_missing_keys():
     Settings(api_read_key=None, api_write_key=None, local_dev=True).require_api_keys()
+
+
+def test_as_of_sets_serving_clock(monkeypatch):
+    from datetime import datetime, timezone
+
+    monkeypatch.setenv("VIDREC_AS_OF", "2018-09-25T10:00:00")
+    settings = load_settings()
+    assert settings.as_of == datetime(2018, 9, 25, 10, tzinfo=timezone.utc)
+    assert settings.now() == settings.as_of
+
+
+def test_serving_clock_defaults_to_wall_clock(monkeypatch):
+    from datetime import datetime, timezone
+
+    monkeypatch.delenv("VIDREC_AS_OF", raising=False)
+    before = datetime.now(timezone.utc)
+    now = load_settings().now()
+    assert before <= now <= datetime.now(timezone.utc)
