@@ -225,7 +225,7 @@ async def evaluate_search(settings: Settings, data_dir: Path, embedder: Embedder
                     started = time.perf_counter()
                     scores, _ = await score_hits(ranker, result.fused[:window],
                                                  _rerank_profile(profile, result.query_vector),
-                                                 result.request_id, None)
+                                                 result.request_id, None, settings.now())
                     scoring_s = time.perf_counter() - started
                     degraded += scores is None
                     for weight in rerank_weights:
@@ -246,7 +246,8 @@ async def evaluate_search(settings: Settings, data_dir: Path, embedder: Embedder
     results: dict[str, Any] = {"queries": len(queries), "modes": rows}
     if scorer is not None:
         results.update({"model_version": scorer.model_version, "rerank_window": settings.search_rerank_window,
-                        "rerank_degraded": degraded, "anonymous": True})
+                        "rerank_degraded": degraded, "anonymous": True,
+                        "request_time": settings.now().isoformat() if settings.as_of else "wall clock"})
     return results
 
 
@@ -342,8 +343,9 @@ def format_tables(results: dict[str, Any]) -> str:
                      "queries), mean [95% bootstrap CI]")
         if "model_version" in search:
             lines.append(f"Rerank rows: model {search['model_version']}, anonymous queries, window "
-                         f"{search['rerank_window']}, {search['rerank_degraded']} scorings degraded. The last two "
-                         "columns are paired per-query differences from the hybrid.")
+                         f"{search['rerank_window']}, request time {search.get('request_time', 'wall clock')}, "
+                         f"{search['rerank_degraded']} scorings degraded. The last two columns are paired per-query "
+                         "differences from the hybrid.")
         lines.append("| mode | Recall@10 | Recall@100 | MRR | Recall@10 - hybrid | MRR - hybrid |")
         lines.append("|---|---|---|---|---|---|")
         for mode, row in search["modes"].items():

@@ -74,7 +74,7 @@ async def search(
     # The lifespan start creates the aggregator. Without it the fused order is kept, marked degraded.
     reranked = await rerank_search(result.fused, k, result.profile, getattr(request.app.state, "aggregator", None),
                                    weight, settings.search_rerank_window, settings.candidates_rrf_k,
-                                   result.request_id, user_id)
+                                   result.request_id, user_id, request_time=settings.now())
 
     items = []
     for rank, hit in enumerate(reranked.hits, start=1):

@@ -118,7 +118,8 @@ class RecordingRanker:
         self.calls = []
 
     async def rank(self, request_id, user_id, profile, candidates, request_time, hash_key=None):
-        self.calls.append({"candidates": list(candidates), "profile": profile, "hash_key": hash_key})
+        self.calls.append({"candidates": list(candidates), "profile": profile, "hash_key": hash_key,
+                           "request_time": request_time})
         scores = None if self.scores is None else np.asarray(self.scores[: len(candidates)], dtype=np.float32)
         return RankResult(scores, "stub-v1", self.degraded)
 
@@ -327,3 +328,19 @@ async def test_search_reads_whole_profile(catalog_settings, es, encoder):
     assert whole.profile["recent_watches"][0]["video_id"] == "v2"
     assert "recent_watches" not in partial.profile
     assert whole.profile["history_vector"] == partial.profile["history_vector"]
+
+
+@pytest.mark.es
+def test_search_scores_at_serving_clock(catalog_settings, encoder):
+    as_of = datetime(2018, 9, 25, tzinfo=timezone.utc)
+    ranker = RecordingRanker(scores=[0.5] * 100)
+    with search_client(catalog_settings, encoder, as_of=as_of) as client:
+        aggregator = client.app.state.aggregator
+        client.app.state.aggregator = ranker
+        try:
+            body = search(client, k=5)
+        finally:
+            client.app.state.aggregator = aggregator  # the app's shutdown closes it
+    assert body["model_version"] == "stub-v1"
+    assert len(ranker.calls) == 1
+    assert ranker.calls[0]["request_time"] == as_of
