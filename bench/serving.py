@@ -196,7 +196,7 @@ def main() -> int:
         Config("in-process", []),
         Config("1 worker", ["a"]),
         Config("2 workers", ["a", "b"]),
-        Config("2 workers, no shedding", ["a", "b"], max_inflight=0),
+        Config("2 workers without shedding", ["a", "b"], max_inflight=0),
         Config("slowed: round_robin", ["a", "slow"], "round_robin"),
         Config("slowed: least_loaded", ["a", "slow"], "least_loaded"),
         Config("slowed: hash(user)", ["a", "slow"], "hash"),

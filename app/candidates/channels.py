@@ -227,7 +227,9 @@ def popular_fresh(profile: Mapping[str, Any], request: CandidateRequest, setting
 
     The score is ``log10(2 + popularity) * 0.5 ** (age_days / popular_fresh_scale_days)``.
     A video without ``published_at`` gets no decay (Elasticsearch's decay
-    functions return 1 for a missing field).
+    functions return 1 for a missing field). Hits are in score order and equal
+    scores keep index order: a ``video_id`` tie-break sort cost 3.4 of 8 ms per
+    search on ml-latest-small, so the merge breaks fused-score ties by id instead.
     """
     if size is None:
         size = channel_size("popular_fresh", request, settings) + _over_fetch(profile, request, settings)
@@ -246,8 +248,6 @@ def popular_fresh(profile: Mapping[str, Any], request: CandidateRequest, setting
             "boost_mode": "replace",
         }},
         "size": min(size, MAX_KNN_CANDIDATES),
-        "sort": [{"_score": "desc"}, {"video_id": "asc"}],
-        "track_scores": True,
         "track_total_hits": False,
     })
 

@@ -33,8 +33,8 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Profile fields neither candidate generation nor the ranker reads; left out of the profile GET.
-# The ranker's impression features need ``impressions``, so it stays in.
+# Profile fields candidate generation does not read; left out of its profile GET. The ranker does read
+# ``recent_watches`` (its history ids), so the recommendation and search paths read the whole profile.
 PROFILE_EXCLUDES = ["recent_watches"]
 
 # Rounds of popular-fresh top-up after the merge, each excluding every id already found.
