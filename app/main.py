@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.es_client import async_cluster_health, make_async_client
+from app.heap import freeze_long_lived, thaw
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -27,11 +28,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.es = make_async_client(settings)
         logger.info("API starting: es_url=%s index_prefix=%s", settings.es_url, settings.index_prefix)
         await start_recommender(app)
+        freeze_long_lived("API startup")
         try:
             yield
         finally:
             await stop_recommender(app)
             await app.state.es.close()
+            thaw()
             logger.info("API stopped")
 
     app = FastAPI(title="vidrec", version="0.1.0", lifespan=lifespan,

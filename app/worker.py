@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from app import wire
+from app.heap import freeze_long_lived, thaw
 from app.security import require_write_key
 from app.settings import Settings
 from ranking.scorer_protocol import Scorer
@@ -133,6 +134,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
             if task:
                 task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
+        thaw()
         logger.info("worker %s stopped after %d batches", worker_id, state["served"])
 
     async def load_or_wait() -> None:
@@ -146,6 +148,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
                          worker_id, MODEL_RETRY_S, error)
             return
         pin_threads(settings.worker_threads)
+        freeze_long_lived(f"loading model_version={state['scorer'].model_version}")
         logger.info("worker %s serving model_version=%s threads=%d delay_ms=%.0f (loaded in %.1f s)",
                     worker_id, state["scorer"].model_version, settings.worker_threads, delay_ms,
                     time.perf_counter() - started)
@@ -183,6 +186,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, delay_ms
         state["last_reload_error"] = None
         logger.info("worker %s swapped model old_version=%s new_version=%s", worker_id, previous,
                     scorer.model_version)
+        freeze_long_lived(f"swapping in model_version={scorer.model_version}")
         return previous, scorer
 
     async def watch_model_dir() -> None:

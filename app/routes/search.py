@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from app.candidates.channels import MAX_QUERY_CHARS
 from app.candidates.search import QueryEncoder, check_query, search_videos
 from app.search_rerank import rerank_search
+from app.heap import freeze_long_lived
 from app.security import require_read_key
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ async def query_encoder(request: Request) -> QueryEncoder | None:
 
             try:
                 state.query_encoder = await asyncio.to_thread(Embedder, state.settings, show_progress=False)
+                freeze_long_lived("loading the query embedding model")
             except Exception as error:  # search still returns BM25 results, marked degraded
                 logger.error("query embedding model failed to load, search returns BM25 results only: %s", error)
                 state.query_encoder = None
