@@ -54,6 +54,7 @@ class WorkerState:
     calls: int = 0
     failures: int = 0
     down_until: float = 0.0
+    status_ok: bool | None = None  # whether the last /status poll answered; None before the first
 
 
 @dataclass
@@ -93,10 +94,13 @@ class Aggregator:
                 timeout=httpx.Timeout(5.0),
                 limits=httpx.Limits(max_connections=64 * len(self.workers), max_keepalive_connections=64),
             )
-            await self.poll_status()
+            versions = await self.poll_status()
             self._poller = asyncio.create_task(self._poll_forever())
-        logger.info("aggregator ready: %s", f"{len(self.workers)} workers, policy {self.settings.worker_policy}"
-                    if self.workers else "in-process scoring")
+            answering = sum(version is not None for version in versions.values())
+            logger.info("aggregator ready: %d workers (%d answering /status), policy %s", len(self.workers),
+                        answering, self.settings.worker_policy)
+        else:
+            logger.info("aggregator ready: in-process scoring")
 
     async def close(self) -> None:
         if self._poller:
@@ -113,6 +117,8 @@ class Aggregator:
         """Read every worker's /status; record its model version and log when versions differ.
 
         Returns each worker's URL with the version it serves, None for a worker whose /status failed.
+        A worker that stops or starts answering is logged once per change, not at every poll: one that
+        is still loading its model at the API's start is logged at INFO, one that stops later at WARNING.
         """
         async def one(worker: WorkerState) -> str | None:
             assert self._client is not None
@@ -121,8 +127,17 @@ class Aggregator:
                 response.raise_for_status()
                 version = response.json().get("model_version")
             except (httpx.HTTPError, ValueError) as error:
-                logger.warning("worker %s /status failed: %r", worker.url, error)
+                if worker.status_ok is None:
+                    logger.info("worker %s is not answering /status yet (%r); polling every %.0f s",
+                                worker.url, error, STATUS_POLL_S)
+                elif worker.status_ok:
+                    logger.warning("worker %s /status failed: %r; polling every %.0f s", worker.url, error,
+                                   STATUS_POLL_S)
+                worker.status_ok = False
                 return None
+            if worker.status_ok is False:
+                logger.info("worker %s answers /status again", worker.url)
+            worker.status_ok = True
             self._note_version(worker, version)
             return version
 

@@ -165,6 +165,27 @@ async def test_killed_worker_retried_on_other(worker_env, workers):
     assert results[0].retries == 1 or results[1].retries == 1
 
 
+async def test_status_failures_logged_once_per_change(worker_env, workers, caplog):
+    fast = workers[0]
+    (doomed,) = start_workers(worker_env, [0])
+    missing = f"http://127.0.0.1:{free_port()}"
+    aggregator = aggregator_for([doomed.url, fast.url, missing])
+    with caplog.at_level(logging.INFO, logger="app.aggregator"):
+        await aggregator.start()
+        await aggregator.poll_status()
+        doomed.stop()
+        await aggregator.poll_status()
+        await aggregator.poll_status()
+        await aggregator.close()
+    records = [(record.levelname, record.getMessage()) for record in caplog.records]
+    not_yet = [message for level, message in records if f"worker {missing} is not answering" in message]
+    stopped = [(level, message) for level, message in records if f"worker {doomed.url} /status failed" in message]
+    assert len(not_yet) == 1
+    assert [level for level, _ in stopped] == ["WARNING"]
+    assert not any(missing in message and level == "WARNING" for level, message in records)
+    assert any("3 workers (2 answering /status)" in message for _, message in records)
+
+
 async def test_missing_worker_degrades_to_fused_order():
     aggregator = aggregator_for([f"http://127.0.0.1:{free_port()}"])
     await aggregator.start()
