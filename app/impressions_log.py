@@ -59,6 +59,7 @@ class ImpressionLogger:
         self._last_drop_log = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self._lock = asyncio.Lock()
 
     def log(self, request_id: str, user_id: str, model_version: str | None,
@@ -100,13 +101,20 @@ class ImpressionLogger:
             self._task = asyncio.create_task(self._run())
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the background task and try once more to write what is buffered."""
+        """Stop the background task and try once more to write what is buffered.
+
+        The task is asked to stop (flag and wake-up) rather than cancelled: on Python 3.11, cancelling
+        a task inside ``asyncio.wait_for(event.wait(), ...)`` at the moment the timeout fires could leave
+        it cancelling forever, which hung the API's shutdown. A task still running after ``timeout_s``
+        (a flush waiting on a slow node) is cancelled.
+        """
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            self._stopping = True
+            self._wake.set()
+            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=timeout_s)
             self._task = None
         try:
             await asyncio.wait_for(self.flush(), timeout=timeout_s)
@@ -120,10 +128,13 @@ class ImpressionLogger:
             delay = self.interval_s if consecutive_failures == 0 else min(
                 MAX_BACKOFF_S, 0.5 * 2 ** consecutive_failures)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
+            if self._stopping:
+                return  # close() writes what is left
             try:
                 await self.flush()
                 consecutive_failures = 0

@@ -1,3 +1,4 @@
+import asyncio
 import logging
 
 import pytest
@@ -66,3 +67,32 @@ async def test_outage_then_recovery_writes_all_once(settings, es):
     assert not impressions.buffer
     es.indices.refresh(index=settings.alias("impressions"))
     assert es.count(index=settings.alias("impressions"))["count"] == 5
+
+
+async def test_close_returns_while_flush_timer_fires(settings):
+    # A 1 ms flush interval makes the background task's timer fire around every close() call.
+    # NOTE: the shutdown hang this guards against (close() cancelling the task inside asyncio.wait_for
+    # as its timeout fired) was intermittent; this loop passed against the old code too.
+    fast = settings.model_copy(update={"impressions_flush_interval_s": 0.001})
+    client = make_async_client(fast)
+    try:
+        for _ in range(200):
+            impressions = ImpressionLogger(client, fast)
+            impressions.start()
+            await asyncio.sleep(0.001)
+            await asyncio.wait_for(impressions.close(timeout_s=2.0), timeout=5.0)
+            assert impressions._task is None
+    finally:
+        await client.close()
+
+
+async def test_close_writes_buffered_impressions(settings, es):
+    create_all(es, settings)
+    client = make_async_client(settings)
+    impressions = ImpressionLogger(client, settings.model_copy(update={"impressions_flush_interval_s": 60.0}))
+    impressions.start()
+    impressions.log("req-close", "u1", "m1", items(3))
+    await impressions.close()
+    await client.close()
+    es.indices.refresh(index=settings.alias("impressions"))
+    assert es.count(index=settings.alias("impressions"), query={"term": {"request_id": "req-close"}})["count"] == 3
