@@ -2,13 +2,12 @@
 
 After startup, the API and the workers hold millions of long-lived objects
 (torch, sentence-transformers, the model, caches). CPython's full (generation
-2) collection walks all of them: in the API with in-process scoring it paused
-the event loop for up to 124 ms every 60 requests or so, and the recommendation
-p99 was 125 ms against 49 ms once those objects were frozen
-(`bench/request_cost.py`-style sequential run, ml-latest-small, 2-core machine).
-``gc.freeze`` moves every object alive now to a permanent generation that the
-collector skips. Reference counting still frees frozen objects that are not in
-reference cycles.
+2) collection walks all of them. In the API with in-process scoring, it paused
+the event loop for up to 124 ms about every 60 requests. Sequential requests on
+ml-latest-small (2-core machine) had a p99 of 125 ms, and 49 ms once those
+objects were frozen. ``gc.freeze`` moves every object alive now to a permanent
+generation that the collector skips. Reference counting still frees frozen
+objects that are not in reference cycles.
 """
 
 from __future__ import annotations
