@@ -54,7 +54,7 @@ class WorkerState:
     calls: int = 0
     failures: int = 0
     down_until: float = 0.0
-    status_ok: bool | None = None  # whether the last /status poll answered; None before the first
+    status_ok: bool | None = None  # whether the last /status poll succeeded; None before the first
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Aggregator:
             versions = await self.poll_status()
             self._poller = asyncio.create_task(self._poll_forever())
             answering = sum(version is not None for version in versions.values())
-            logger.info("aggregator ready: %d workers (%d answering /status), policy %s", len(self.workers),
+            logger.info("aggregator ready: %d workers (%d responding to /status), policy %s", len(self.workers),
                         answering, self.settings.worker_policy)
         else:
             logger.info("aggregator ready: in-process scoring")
@@ -117,7 +117,7 @@ class Aggregator:
         """Read every worker's /status; record its model version and log when versions differ.
 
         Returns each worker's URL with the version it serves, None for a worker whose /status failed.
-        A worker that stops or starts answering is logged once per change, not at every poll: one that
+        A worker whose /status starts or stops failing is logged once per change, not at every poll: one that
         is still loading its model at the API's start is logged at INFO, one that stops later at WARNING.
         """
         async def one(worker: WorkerState) -> str | None:
@@ -128,7 +128,7 @@ class Aggregator:
                 version = response.json().get("model_version")
             except (httpx.HTTPError, ValueError) as error:
                 if worker.status_ok is None:
-                    logger.info("worker %s is not answering /status yet (%r); polling every %.0f s",
+                    logger.info("worker %s is not responding to /status yet (%r); polling every %.0f s",
                                 worker.url, error, STATUS_POLL_S)
                 elif worker.status_ok:
                     logger.warning("worker %s /status failed: %r; polling every %.0f s", worker.url, error,
@@ -136,7 +136,7 @@ class Aggregator:
                 worker.status_ok = False
                 return None
             if worker.status_ok is False:
-                logger.info("worker %s answers /status again", worker.url)
+                logger.info("worker %s responds to /status again", worker.url)
             worker.status_ok = True
             self._note_version(worker, version)
             return version

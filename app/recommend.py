@@ -39,7 +39,7 @@ from app.settings import Settings
 logger = logging.getLogger(__name__)
 
 SHED_LOG_INTERVAL_S = 10.0
-# A shed request reads only watched and not-interested ids; past this it answers without them.
+# A shed request reads only watched and not-interested ids. Past this timeout it serves the list without them.
 SHED_PROFILE_TIMEOUT_S = 0.05
 
 
@@ -196,7 +196,7 @@ class Recommender:
         return str(value or "")
 
     async def _shed(self, request_id: str, user_id: str, options: RecommendOptions) -> Recommendation:
-        """Answer an overload: one small profile read for the exclusions, then the popular list.
+        """Serve a request past the in-flight limit from the popular list, minus the profile's exclusions.
 
         Shedding keeps the latency of the requests already in progress from growing without bound
         when requests arrive faster than Elasticsearch and the scorer serve them.

@@ -73,7 +73,7 @@ def excluded_ids(profile: Mapping[str, Any], request: CandidateRequest) -> list[
     Watched ids come most recent first, so when the list is cut for the query
     filter, the ids left for the application are the oldest watches.
     """
-    # dict.fromkeys keeps the first occurrence of each id, in order; it runs several times per request
+    # dict.fromkeys keeps the first occurrence of each id, in order. This runs several times per request
     # on profiles with thousands of watched ids, so it stays a single C-level pass.
     return list(dict.fromkeys(map(str, itertools.chain(
         request.exclude_ids, profile.get("not_interested", ()), profile.get("watched_ids", ())))))

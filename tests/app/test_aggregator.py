@@ -178,12 +178,12 @@ async def test_status_failures_logged_once_per_change(worker_env, workers, caplo
         await aggregator.poll_status()
         await aggregator.close()
     records = [(record.levelname, record.getMessage()) for record in caplog.records]
-    not_yet = [message for level, message in records if f"worker {missing} is not answering" in message]
+    not_yet = [message for level, message in records if f"worker {missing} is not responding" in message]
     stopped = [(level, message) for level, message in records if f"worker {doomed.url} /status failed" in message]
     assert len(not_yet) == 1
     assert [level for level, _ in stopped] == ["WARNING"]
     assert not any(missing in message and level == "WARNING" for level, message in records)
-    assert any("3 workers (2 answering /status)" in message for _, message in records)
+    assert any("3 workers (2 responding to /status)" in message for _, message in records)
 
 
 async def test_missing_worker_degrades_to_fused_order():
