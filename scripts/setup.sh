@@ -39,7 +39,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3.11 -m venv "$venv"
 fi
 if [[ "$(cat "$venv/.lock-sha256" 2>/dev/null)" != "$key" ]]; then
-    say "installing requirements.lock into $venv (first time: several GB for torch and its CUDA libraries)"
+    if [[ -f "$venv/.lock-sha256" ]]; then
+        say "requirements.lock changed: installing the packages that differ into $venv"
+    else
+        say "installing requirements.lock into $venv (first time: several GB for torch and its CUDA libraries)"
+    fi
     rm -f "$venv/.lock-sha256"
     PIP_CACHE_DIR="$cache/pip" "$venv/bin/pip" install --quiet --disable-pip-version-check \
         --no-deps -r "$lock"
