@@ -84,8 +84,9 @@ class Settings(BaseSettings):
     )
     max_inflight_recommendations: int = Field(
         8, ge=0, le=10_000,
-        description="recommendation requests served in full at once; past it a request gets the popular list "
-        "without the user's watched videos, marked degraded (0: no limit)",
+        description="recommendation and reranked search requests served in full at once; past it a "
+        "recommendation gets the popular list without the user's watched videos and a search keeps the fused "
+        "order, both marked degraded (0: no limit)",
     )
     worker_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ranking workers, comma-separated URLs")
     worker_policy: Literal["round_robin", "least_loaded", "hash"] = Field(

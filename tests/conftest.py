@@ -107,3 +107,16 @@ def movielens_settings(es_session_client, es_url: str, shared_data_dir: Path) ->
         yield ml_settings
     finally:
         delete_prefixed_indices(es_session_client, MOVIELENS_PREFIX)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def thaw_frozen_objects_at_exit():
+    """Unfreeze what app.heap froze, so the interpreter's final collection frees it.
+
+    A test that loads the search model through a TestClient without its lifespan never runs the API's
+    shutdown thaw, and extension modules then report the frozen objects as leaks at exit.
+    """
+    yield
+    import gc
+
+    gc.unfreeze()

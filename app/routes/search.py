@@ -70,13 +70,30 @@ async def search(
 
     settings = request.app.state.settings
     weight = settings.search_rerank_weight if rerank else 0.0
+    # Reranked searches share the recommendations' in-flight limit, because both wait on the same scorer.
+    # Past the limit the search keeps the fused order, marked degraded.
+    recommender = getattr(request.app.state, "recommender", None)
+    limit = settings.max_inflight_recommendations
+    shed = bool(weight > 0 and recommender is not None and limit and recommender.inflight >= limit)
+    if shed:
+        weight = 0.0
+        recommender.shed_count += 1
     encoder = await query_encoder(request)
     result = await search_videos(request.app.state.es, settings, encoder, q, k=k, user_id=user_id,
                                  whole_profile=weight > 0)
-    # The lifespan start creates the aggregator. Without it the fused order is kept, marked degraded.
-    reranked = await rerank_search(result.fused, k, result.profile, getattr(request.app.state, "aggregator", None),
-                                   weight, settings.search_rerank_window, settings.candidates_rrf_k,
-                                   result.request_id, user_id, request_time=settings.now())
+    if recommender is not None:
+        recommender.inflight += 1
+    try:
+        # The lifespan start creates the aggregator. Without it the fused order is kept, marked degraded.
+        reranked = await rerank_search(result.fused, k, result.profile,
+                                       getattr(request.app.state, "aggregator", None), weight,
+                                       settings.search_rerank_window, settings.candidates_rrf_k,
+                                       result.request_id, user_id, request_time=settings.now())
+    finally:
+        if recommender is not None:
+            recommender.inflight -= 1
+    if shed:
+        logger.debug("search request_id=%s user_id=%s shed: the fused order is kept", result.request_id, user_id)
 
     items = []
     for rank, hit in enumerate(reranked.hits, start=1):
@@ -92,7 +109,8 @@ async def search(
     logger.debug("search request_id=%s user_id=%s k=%d took_ms=%.1f ranking_ms=%.1f", result.request_id, user_id,
                  k, result.took_ms, reranked.ranking_ms)
     return {"request_id": result.request_id, "user_id": user_id, "model_version": reranked.model_version,
-            "cold_start": result.cold_start, "degraded": result.degraded or reranked.degraded, "items": items}
+            "cold_start": result.cold_start, "degraded": result.degraded or reranked.degraded or shed,
+            "items": items}
 
 
 def _finite(value: float) -> float:

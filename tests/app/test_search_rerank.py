@@ -302,6 +302,24 @@ def test_search_weight_zero_skips_model(catalog_settings, encoder):
 
 
 @pytest.mark.es
+def test_search_overload_keeps_fused_order(catalog_settings, encoder):
+    with search_client(catalog_settings, encoder, max_inflight_recommendations=2) as client:
+        recommender = client.app.state.recommender
+        recommender.inflight = 2  # the limit is reached
+        shed = search(client, k=10)
+        recommender.inflight = 0
+        served = search(client, k=10)
+        fused = fused_search(client, catalog_settings, encoder, k=10)
+        inflight_after = recommender.inflight
+    assert shed["degraded"] is True
+    assert shed["model_version"] is None
+    assert ids(shed) == [item.video_id for item in fused.items]
+    assert served["degraded"] is False
+    assert served["model_version"] == "fixture-v1"
+    assert inflight_after == 0
+
+
+@pytest.mark.es
 def test_search_failed_scoring_keeps_fused(catalog_settings, encoder):
     with search_client(catalog_settings, encoder, ranker_version="broken") as client:
         body = search(client, k=10, explain="true")
