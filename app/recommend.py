@@ -154,9 +154,12 @@ class Recommender:
             items.append(item)
 
         degraded = ranked.degraded or bool(failed)
-        body = {"request_id": request_id, "user_id": user_id, "model_version": ranked.model_version,
+        # Without scores the order is the fusion's, so neither the response nor the impressions (future
+        # training data) name a model.
+        model_version = ranked.model_version if ranked.scores is not None else None
+        body = {"request_id": request_id, "user_id": user_id, "model_version": model_version,
                 "cold_start": cold_start, "degraded": degraded, "items": items}
-        self.impressions.log(request_id, user_id, ranked.model_version,
+        self.impressions.log(request_id, user_id, model_version,
                              ((c.video_id, s, [hit.channel for hit in c.sources]) for c, s in top))
         timings["total"] = _ms_since(started)
         logger.debug("recommendations request_id=%s user_id=%s n=%d timings_ms=%s", request_id, user_id,

@@ -233,6 +233,7 @@ def test_missing_workers_answer_in_fused_order(rec_settings):
     with TestClient(create_app(no_listener)) as client:
         body = get(client, k=10, explain="true").json()
     assert body["degraded"] is True
+    assert body["model_version"] is None
     fused = [item["fused_score"] for item in body["items"]]
     assert fused == sorted(fused, reverse=True)
     assert [item["score"] for item in body["items"]] == fused
