@@ -30,7 +30,7 @@ from app.aggregator import Aggregator
 from app.candidates import channels as channel_builders
 from app.candidates.channels import CandidateRequest
 from app.candidates.merge import fuse, merge_cap
-from app.candidates.retrieve import MAX_FILL_ROUNDS, fill_popular, run_msearch
+from app.candidates.retrieve import MAX_FILL_ROUNDS, fill_popular, read_whole_profile, run_msearch
 from app.candidates.types import Candidate
 from app.fallback import PopularFallback, TitleCache
 from app.impressions_log import ImpressionLogger
@@ -103,7 +103,7 @@ class Recommender:
         request = CandidateRequest(k=options.k, language=options.language, category=options.category,
                                    region=options.region, exclude_ids=options.exclude, now=origin)
         try:
-            profile_doc = await self._read_profile(user_id)
+            profile_doc = await read_whole_profile(self.es, self.settings, user_id)
             timings["profile"] = _ms_since(started)
             cold_start = not profile_doc or not profile_doc.get("watched_ids")
             profile = profile_doc or {}
@@ -165,15 +165,6 @@ class Recommender:
         logger.debug("recommendations request_id=%s user_id=%s n=%d timings_ms=%s", request_id, user_id,
                      len(items), timings)
         return Recommendation(body, timings, ranked.workers)
-
-    async def _read_profile(self, user_id: str) -> dict[str, Any] | None:
-        """Return the whole profile: the ranking features read recent watches and impression counts, which
-        candidate retrieval leaves out of its own read."""
-        try:
-            response = await self.es.get(index=self.settings.alias("users"), id=user_id)
-        except NotFoundError:
-            return None
-        return dict(response["_source"])
 
     async def _merge(self, profile: dict[str, Any], request: CandidateRequest,
                      hits: dict[str, list[tuple[str, float]]], request_id: str) -> list[Candidate]:

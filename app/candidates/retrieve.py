@@ -75,6 +75,19 @@ async def fetch_profile(client: AsyncElasticsearch, settings: Settings, user_id:
     return dict(response["_source"])
 
 
+async def read_whole_profile(client: AsyncElasticsearch, settings: Settings, user_id: str) -> dict[str, Any] | None:
+    """Return the user's whole profile document, or None for a user id with no profile.
+
+    The ranking features read ``recent_watches``, which ``fetch_profile``
+    leaves out, so the recommendation and reranked search paths use this.
+    """
+    try:
+        response = await client.get(index=settings.alias("users"), id=user_id)
+    except NotFoundError:
+        return None
+    return dict(response["_source"])
+
+
 def parse_hits(response: dict[str, Any]) -> list[tuple[str, float]]:
     """Return (video id, score) pairs of one search response (``_id`` or the ``video_id`` doc value).
 

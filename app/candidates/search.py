@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Sequence
 
 import numpy as np
-from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch import AsyncElasticsearch
 
 from app.candidates.channels import MAX_QUERY_CHARS, TEXT_FIELDS, CandidateRequest, eligibility_filter, knn_body
 from app.candidates.merge import fuse
-from app.candidates.retrieve import fetch_profile
+from app.candidates.retrieve import fetch_profile, read_whole_profile
 from app.candidates.types import Candidate
 from app.settings import Settings
 
@@ -96,19 +96,6 @@ def check_query(q: str) -> str:
     if len(text) > MAX_QUERY_CHARS:
         raise ValueError(f"q has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
     return text
-
-
-async def read_whole_profile(client: AsyncElasticsearch, settings: Settings, user_id: str) -> dict[str, Any] | None:
-    """Return the user's whole profile document, or None for a user id with no profile.
-
-    The ranking features read ``recent_watches`` and ``impressions``, and
-    ``fetch_profile`` leaves ``recent_watches`` out.
-    """
-    try:
-        response = await client.get(index=settings.alias("users"), id=user_id)
-    except NotFoundError:
-        return None
-    return dict(response["_source"])
 
 
 async def search_videos(client: AsyncElasticsearch, settings: Settings, encoder: QueryEncoder | None, q: str,

@@ -3,7 +3,7 @@
 import pytest
 
 from app.candidates.channels import CandidateRequest
-from app.candidates.retrieve import retrieve_candidates
+from app.candidates.retrieve import parse_hits, retrieve_candidates
 from app.es_client import make_async_client
 from tests.app.fixture_catalog import CHEF, fixture_settings, load_catalog, unit
 
@@ -107,3 +107,14 @@ async def test_sources_name_channels(catalog_settings):
     top = result.candidates[0]
     assert {source.channel for source in top.sources} == {"history_content", "popular_fresh"}
     assert all(source.rank >= 1 for source in top.sources)
+
+
+def test_parse_hits_reads_doc_value_ids():
+    response = {"hits": {"hits": [{"_score": 2.5, "fields": {"video_id": ["v7"]}},
+                                  {"_id": "v3", "_score": None}]}}
+    assert parse_hits(response) == [("v7", 2.5), ("v3", 0.0)]
+
+
+def test_parse_hits_without_hits_key():
+    # filter_path drops "hits" from a search response that found nothing.
+    assert parse_hits({"status": 200}) == []
