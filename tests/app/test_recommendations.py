@@ -228,6 +228,25 @@ def test_two_workers_score_requests(rec_settings):
         [fixture_score("fixture-v1", video_id) for video_id in ids], rel=1e-6)
 
 
+def test_late_worker_answer_names_no_model(rec_settings):
+    # The worker reports fixture-v1 on /status but scores after the ranking deadline.
+    workers = start_workers({"VIDREC_MODEL_DIR": str(rec_settings.model_dir)}, [3000])
+    try:
+        late = rec_settings.model_copy(update={"worker_urls": [workers[0].url], "ranking_deadline_ms": 300.0,
+                                               "worker_timeout_ms": 200.0,
+                                               "impressions_flush_interval_s": 60.0})
+        with TestClient(create_app(late)) as client:
+            body = get(client, k=10).json()
+            impressions = client.app.state.impressions
+            logged = [doc["model_version"] for doc in impressions.buffer]
+    finally:
+        workers[0].stop()
+    assert body["degraded"] is True
+    assert body["model_version"] is None
+    assert logged
+    assert set(logged) == {"none"}
+
+
 def test_missing_workers_answer_in_fused_order(rec_settings):
     no_listener = rec_settings.model_copy(update={"worker_urls": [f"http://127.0.0.1:{free_port()}"]})
     with TestClient(create_app(no_listener)) as client:
