@@ -169,7 +169,7 @@ class ImpressionLogger:
         for doc in batch:
             body = {key: value for key, value in doc.items() if key != "_id"}
             operations.extend(({"create": {"_index": self.index, "_id": doc["_id"]}}, body))
-        # Each item's status and error are all this reads; the rest of a 1,000-item response is ~150 KB.
+        # Each item's status and error are all this reads; the rest of a 1,000-item response is about 150 KB.
         response = await self.client.bulk(operations=operations, refresh=False,
                                           filter_path=["items.*.status", "items.*.error"])
         retry: list[dict[str, Any]] = []

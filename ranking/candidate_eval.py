@@ -10,7 +10,7 @@ Means over users carry a percentile bootstrap 95% confidence interval
 Search quality: the reddit-tomt validation queries whose answer movie is in
 ml-latest-small (joined on IMDb id through links.csv) are run through BM25
 alone, kNN alone and the hybrid; Recall@10, Recall@100 and MRR (reciprocal rank
-of the answer within the top 100, else 0). With a ranking model, the hybrid's
+of the target movie within the top 100, else 0). With a ranking model, the hybrid's
 fused hits are also reranked as `GET /v1/search` reranks them
 (:mod:`app.search_rerank`), once per blend weight. The queries are anonymous,
 so the model scores them with an empty profile, as the route does. A

@@ -11,9 +11,9 @@ class Node:
 
 def test_freeze_counts_live_objects():
     try:
-        kept = [Node() for _ in range(1000)]
+        live_nodes = [Node() for _ in range(1000)]
         freeze_long_lived("a test")
-        assert gc.get_freeze_count() >= len(kept)
+        assert gc.get_freeze_count() >= len(live_nodes)
     finally:
         gc.unfreeze()
 

@@ -71,8 +71,8 @@ async def test_outage_then_recovery_writes_all_once(settings, es):
 
 async def test_close_returns_while_flush_timer_fires(settings):
     # A 1 ms flush interval makes the background task's timer fire around every close() call.
-    # NOTE: the shutdown hang this guards against (close() cancelling the task inside asyncio.wait_for
-    # as its timeout fired) was intermittent; this loop passed against the old code too.
+    # NOTE: the shutdown hang this guards against was intermittent, and this loop passed against the old
+    # code too. That code cancelled the task inside asyncio.wait_for just as its timeout fired.
     fast = settings.model_copy(update={"impressions_flush_interval_s": 0.001})
     client = make_async_client(fast)
     try:

@@ -227,7 +227,7 @@ def test_search_reports_fixture_version(catalog_settings, encoder):
     assert body["model_version"] == "fixture-v1"
     assert body["degraded"] is False
     fused_ids = [item.video_id for item in fused.items]
-    # Every available video matches "video number", so the fused list holds the whole available catalog.
+    # Every available video matches "video number", so the fused list contains the whole available catalog.
     assert len(fused_ids) == N_VIDEOS - len(UNAVAILABLE)
     scores = [model_score(video_id) for video_id in fused_ids]
     expected = blend_order(fused_ids, scores, catalog_settings.search_rerank_weight, RRF_K)[:20]
