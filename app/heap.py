@@ -3,9 +3,9 @@
 After startup, the API and the workers hold millions of long-lived objects
 (torch, sentence-transformers, the model, caches). CPython's full (generation
 2) collection walks all of them. In the API with in-process scoring, it paused
-the event loop for up to 124 ms about every 60 requests. Sequential requests on
-ml-latest-small (2-core machine) had a p99 of 125 ms, and 49 ms once those
-objects were frozen. ``gc.freeze`` moves every object alive now to a permanent
+the event loop for up to 124 ms about every 60 requests. With those objects
+frozen, the p99 of sequential requests on ml-latest-small fell from 150 ms to
+67 ms (bench/request_cost.py, medians of 3 rounds, 2-core machine). ``gc.freeze`` moves every object alive now to a permanent
 generation that the collector skips. Reference counting still frees frozen
 objects that are not in reference cycles.
 """
